@@ -1,0 +1,17 @@
+"""Algorithms: each a short module composing the shared parts. `ALGORITHMS` maps config names to classes."""
+
+from __future__ import annotations
+
+from rlhflab.algorithms.base import Algorithm, StepOutput
+from rlhflab.algorithms.reward_model import RewardModel
+from rlhflab.algorithms.sft import SFT
+from rlhflab.config import RunConfig
+
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SFT, RewardModel)}
+
+
+def get_algorithm(cfg: RunConfig) -> Algorithm:
+    return ALGORITHMS[cfg.algorithm](cfg)
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "StepOutput", "get_algorithm"]

@@ -1,0 +1,79 @@
+"""What an algorithm supplies to the one training loop.
+
+An algorithm says which data it reads, how to build its model, how to batch its examples, and
+the loss of one micro-batch as a SUM over its normalization units (tokens for SFT, pairs for
+reward models). The loop divides by the number of units in the whole optimizer step, so a step
+split into micro-batches gives the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from rlhflab.config import RunConfig
+
+
+@dataclass
+class StepOutput:
+    loss_sum: Tensor
+    """Scalar: the loss summed over this micro-batch's units (graph attached)."""
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    """Detached scalars, each summed over this micro-batch's units; the loop averages per unit."""
+
+
+class Algorithm(ABC):
+    name: ClassVar[str]
+    data_kind: ClassVar[str]
+    """Which data the algorithm reads: 'sft' | 'pairwise' | 'unpaired' | 'prompt'."""
+    unit: ClassVar[str]
+    """What the loss is normalized by, e.g. 'tokens' or 'pairs'."""
+    metric_docs: ClassVar[dict[str, str]] = {}
+    """Every logged metric of this algorithm with its formula (also in docs/metrics.md)."""
+
+    item_name: ClassVar[str] = "examples"
+    """What one sampled item is called in the batch plan (examples, packed rows, pairs)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.pad_id = 0
+
+    def check_data(self, loaded: Any) -> None:
+        """Algorithm-specific checks of the validated rows (before any model loads)."""
+
+    def setup(self, tokenizer: Any) -> None:
+        """Called once the tokenizer is known."""
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+
+    @abstractmethod
+    def load_model(self, path: str, device: torch.device) -> torch.nn.Module:
+        """Build the trainable model from a resolved local folder."""
+
+    def prepare_items(self, items: list[Any]) -> list[Any]:
+        """Turn tokenized examples into the items the sampler draws from (e.g. packed rows)."""
+        return items
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> Any:
+        """Batch a list of items."""
+
+    @abstractmethod
+    def units(self, batch: Any) -> int:
+        """Normalization units in a batch."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> StepOutput:
+        """Loss of one micro-batch, summed over its units."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, items: list[Any], micro_batch_size: int) -> dict[str, float]:
+        """Held-out metrics (names without the 'eval/' prefix)."""
+
+    @abstractmethod
+    def save_final(self, model: torch.nn.Module, tokenizer: Any, out_dir: str) -> None:
+        """Write the final Hugging Face folder."""

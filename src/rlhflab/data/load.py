@@ -1,0 +1,58 @@
+"""`load_examples`: read a file, detect its format, validate every row (no tokenizer needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhflab.data.examples import LoadedData
+from rlhflab.data.formats import FORMATS, resolve_format
+from rlhflab.data.io import Record, read_records
+from rlhflab.data.normalize import DropRow, normalize_row
+from rlhflab.errors import DataError
+
+_MAX_WARNINGS = 20  # individual warnings kept; the counts in `dropped` are always complete
+
+
+def load_examples(path: str | Path, kind: str | None, format: str = "auto") -> LoadedData:
+    """Read and validate a data file for an algorithm kind (sft | pairwise | unpaired | prompt).
+
+    `kind=None` accepts any format and returns its natural example type (inspection).
+    Raises DataError on the first invalid row; rows with identical chosen and rejected are
+    dropped with a warning; if no row is left, raises DataError.
+    """
+    records = read_records(path)
+    return examples_from_records(records, str(path), kind, format)
+
+
+def examples_from_records(records: list[Record], path: str, kind: str | None, format: str = "auto") -> LoadedData:
+    """Like `load_examples`, for records already in memory (`path` names them in messages)."""
+    if not records:
+        raise DataError(path, None, None, "no rows")
+    first = records[0]
+    fmt = resolve_format(path, first.row, set(first.data), kind, format)
+    out = LoadedData(path=path, format=fmt, kind=kind, examples=[], num_rows=len(records))
+    for rec in records:
+        try:
+            out.examples.append(normalize_row(path, rec.row, rec.data, fmt, kind))
+        except DropRow as drop:
+            out.dropped[drop.reason] = out.dropped.get(drop.reason, 0) + 1
+            if len(out.warnings) < _MAX_WARNINGS:
+                out.warnings.append(str(drop))
+    _check_margins(out)
+    if not out.examples:
+        reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in out.dropped.items())
+        raise DataError(path, None, None, f"every row was dropped ({reasons}); nothing to train on")
+    if out.dropped:
+        total = sum(out.dropped.values())
+        out.warnings.insert(0, f"{path}: dropped {total} of {len(records)} rows: {out.dropped}")
+    return out
+
+
+def _check_margins(out: LoadedData) -> None:
+    if "margin" not in " ".join(FORMATS.get(out.format, ())) and out.format not in ("pairwise", "transcript", "safety"):
+        return
+    have = [getattr(ex, "margin", None) is not None for ex in out.examples]
+    if any(have) and not all(have):
+        out.warnings.append(
+            f"{out.path}: {have.count(False)} of {len(have)} rows have no 'margin'; they count as margin 0"
+        )

@@ -1,0 +1,199 @@
+"""The one optimization loop every algorithm runs in.
+
+Per optimizer step: draw `batch_size` items (a pure function of seed and step, so resuming
+needs only the step), split them into micro-batches, sum each micro-batch's loss over its units
+and divide by the units of the whole step (exact gradient accumulation), check for non-finite
+values, clip, step AdamW with the scheduled learning rate, log, checkpoint, evaluate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhflab.algorithms.base import Algorithm
+from rlhflab.config import RunConfig
+from rlhflab.train.checkpoint import load_checkpoint, save_checkpoint
+from rlhflab.train.metrics import MetricsWriter, make_progress
+from rlhflab.train.plan import BatchPlan
+from rlhflab.train.schedule import lr_at
+
+
+class NonFiniteError(RuntimeError):
+    """The guard found a non-finite loss or gradient (nonfinite: halt)."""
+
+
+class Sampler:
+    """Item indices of each optimizer step: epoch e is the permutation randperm(n, seed + e)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        start = step * self.batch_size
+        return [self._perm(pos // self.n)[pos % self.n] for pos in range(start, start + self.batch_size)]
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and cfg.dtype in ("auto", "bfloat16", "float16"):
+        dtype = torch.float16 if cfg.dtype == "float16" else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _first_nonfinite_grad(model: torch.nn.Module) -> str:
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return "(none found)"
+
+
+class Loop:
+    def __init__(self, cfg: RunConfig, algo: Algorithm, model: torch.nn.Module, items: list[Any],
+                 eval_items: list[Any] | None, out_dir: Path, device: torch.device, console):
+        self.cfg, self.algo, self.model, self.items, self.eval_items = cfg, algo, model, items, eval_items
+        self.out_dir, self.device, self.console = out_dir, device, console
+        self.plan = BatchPlan.build(cfg.batch_size, cfg.micro_batch_size)
+        self.sampler = Sampler(len(items), cfg.batch_size, cfg.seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.params = params
+        self.state = LoopState()
+
+    # ------------------------------------------------------------------ one step
+    def _micro_batches(self, step: int) -> list[Any]:
+        idx = self.sampler.indices(step)
+        m = self.cfg.micro_batch_size
+        return [self.algo.collate([self.items[i] for i in idx[k:k + m]]) for k in range(0, len(idx), m)]
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.model.train()
+        batches = self._micro_batches(step)
+        total_units = sum(self.algo.units(b) for b in batches)
+        if total_units == 0:
+            rows = [r for b in batches for r in getattr(b, "rows", [])]
+            raise NonFiniteError(f"step {step + 1}: the batch has zero trainable units (rows {rows}); check the loss mask")
+        lr = lr_at(step, lr=self.cfg.optim.lr, max_steps=self.cfg.max_steps, warmup_steps=self.cfg.optim.warmup_steps,
+                   schedule=self.cfg.optim.schedule, min_lr_ratio=self.cfg.optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_total, metric_sums, tokens = 0.0, {}, 0
+        problem = None
+        for batch in batches:
+            batch = batch.to(self.device)
+            with _autocast(self.cfg, self.device):
+                out = self.algo.loss(self.model, batch)
+            if not torch.isfinite(out.loss_sum):
+                problem = f"non-finite loss ({float(out.loss_sum)}) in micro-batch with rows {getattr(batch, 'rows', [])}"
+                break
+            (out.loss_sum / total_units).backward()
+            loss_total += float(out.loss_sum.detach())
+            for k, v in out.metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            tokens += _count_tokens(batch)
+        grad_norm = float("nan")
+        if problem is None:
+            max_norm = self.cfg.optim.max_grad_norm or float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            if not math.isfinite(grad_norm):
+                problem = f"non-finite gradient (first in parameter '{_first_nonfinite_grad(self.model)}')"
+        skipped = 0
+        if problem is not None:
+            rows = [r for b in batches for r in getattr(b, "rows", [])]
+            msg = f"step {step + 1}: {problem}; batch rows {rows}"
+            if self.cfg.nonfinite == "halt":
+                raise NonFiniteError(msg + ". Stopped (nonfinite: halt); lower optim.lr or check the data. "
+                                     "The newest checkpoint is intact.")
+            self.console.print(f"[yellow]warning:[/] {msg}; step skipped (nonfinite: skip)")
+            self.optimizer.zero_grad(set_to_none=True)
+            skipped = 1
+        else:
+            self.optimizer.step()
+        elapsed = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "step": step + 1,
+            "loss": loss_total / total_units if not skipped else float("nan"),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "units": total_units,
+            "examples": self.cfg.batch_size,
+            "skipped": skipped,
+            "epoch": (step + 1) * self.cfg.batch_size / len(self.items),
+            "time/step_s": elapsed,
+            "throughput/tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        }
+        row.update({k: v / total_units for k, v in metric_sums.items()})
+        return row
+
+    # ------------------------------------------------------------------ the run
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_items:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), _autocast(self.cfg, self.device):
+            result = self.algo.evaluate(self.model, self.eval_items, self.cfg.micro_batch_size)
+        return {f"eval/{k}": v for k, v in result.items()}
+
+    def resume_from(self, ckpt: Path) -> None:
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        self.state.step = int(state["step"])
+
+    def run(self, stop_at: int | None = None) -> LoopState:
+        cfg = self.cfg
+        writer = MetricsWriter(self.out_dir, cfg.tensorboard, self.state.step if self.state.step else None)
+        end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+        try:
+            with make_progress(self.console) as progress:
+                task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step, info="")
+                while self.state.step < end:
+                    row = self.train_step(self.state.step)
+                    self.state.step += 1
+                    step = self.state.step
+                    last = step == cfg.max_steps
+                    if (cfg.eval_every and step % cfg.eval_every == 0) or last:
+                        row.update(self.evaluate())
+                    writer.write(row)
+                    self.state.history.append(row)
+                    if step % cfg.log_every == 0 or last:
+                        info = f"loss {row['loss']:.4f} lr {row['lr']:.2e}"
+                        if "eval/loss" in row:
+                            info += f" eval {row['eval/loss']:.4f}"
+                        progress.update(task, completed=step, info=info)
+                    else:
+                        progress.update(task, completed=step)
+                    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last:
+                        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
+                                        {"max_steps": cfg.max_steps, "seed": cfg.seed}, cfg.keep_checkpoints)
+        finally:
+            writer.close()
+        return self.state
+
+
+def _count_tokens(batch: Any) -> int:
+    if hasattr(batch, "attention_mask"):
+        return int(batch.attention_mask.bool().sum())
+    if hasattr(batch, "chosen"):
+        return _count_tokens(batch.chosen) + _count_tokens(batch.rejected)
+    return 0

@@ -1,0 +1,84 @@
+"""Where metrics go: metrics.jsonl (every step), TensorBoard, and a rich progress bar with ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+LOOP_METRIC_DOCS = {
+    "step": "optimizer steps completed (1-based)",
+    "loss": "sum over the step's micro-batches of the loss summed over units, / units in the step",
+    "lr": "learning rate used for this step",
+    "grad_norm": "global L2 norm of the gradient before clipping, sqrt(sum_p ||g_p||^2)",
+    "units": "normalization units in the step (loss tokens for SFT, pairs for reward models)",
+    "examples": "examples (sequences, packed rows or pairs) in the step",
+    "skipped": "1 if the step was skipped by the non-finite guard (nonfinite: skip), else 0",
+    "time/step_s": "wall-clock seconds of the step (forward, backward, optimizer)",
+    "throughput/tokens_per_s": "input tokens (padding excluded) processed per second in the step",
+    "epoch": "fractional epoch: examples drawn so far / examples in the training set",
+}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them visible
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per optimizer step; mirrors scalars to TensorBoard if enabled."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int | None):
+        self.path = out_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Drop rows written after the checkpoint we resume from (the run was killed later).
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
+            except ImportError:  # tensorboard is a dependency, but stay usable without it
+                self._tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )

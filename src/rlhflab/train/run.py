@@ -1,0 +1,185 @@
+"""`rlhflab train`: validate everything, then load, train, save, summarize.
+
+Order matters: config, batch plan and data rows are checked before the tokenizer loads, and token
+lengths before the model loads, so a bad input fails in seconds with nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from rlhflab.algorithms import get_algorithm
+from rlhflab.config import RunConfig, dump_config
+from rlhflab.errors import DataError, UserError
+from rlhflab.train.checkpoint import list_checkpoints
+from rlhflab.train.loop import Loop
+from rlhflab.train.plan import BatchPlan
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    history: list[dict[str, Any]]
+    final_dir: Path | None
+    initial_eval: dict[str, float]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' was asked for, but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def _prepare_out_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
+    out = Path(cfg.output_dir)
+    ckpts = list_checkpoints(out / "checkpoints")
+    if cfg.resume:
+        return out, (ckpts[-1] if ckpts else None)
+    if (out / "metrics.jsonl").exists() or ckpts or (out / "final").exists():
+        if not cfg.overwrite:
+            raise UserError(
+                f"output_dir '{out}' already holds a run. Pass resume=true to continue it, "
+                "overwrite=true to start over there, or choose another output_dir."
+            )
+        for sub in ("checkpoints", "final", "tensorboard", "metrics.jsonl"):
+            p = out / sub
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return out, None
+
+
+def _split_eval(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    n_eval = max(1, round(len(examples) * fraction))
+    if n_eval >= len(examples):
+        raise UserError(f"data.eval_fraction {fraction} leaves no training rows out of {len(examples)}")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def load_data(cfg: RunConfig, algo_kind: str, console: Console) -> tuple[Any, list[Any], list[Any] | None]:
+    """Read and validate the rows (no tokenizer yet). Returns (train info, train examples, eval examples)."""
+    from rlhflab.data import load_examples
+
+    train = load_examples(cfg.data.train, algo_kind, cfg.data.format)
+    for w in train.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    examples, eval_examples = train.examples, None
+    if cfg.data.eval:
+        ev = load_examples(cfg.data.eval, algo_kind, cfg.data.format)
+        for w in ev.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+        eval_examples = ev.examples
+    elif cfg.data.eval_fraction > 0:
+        examples, eval_examples = _split_eval(examples, cfg.data.eval_fraction, cfg.seed)
+    return train, examples, eval_examples
+
+
+def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = None) -> RunResult:
+    """Run the configured training. `stop_at` ends the loop early (for tests of resume)."""
+    console = console or Console(stderr=True)
+    t_start = time.perf_counter()
+    plan = BatchPlan.build(cfg.batch_size, cfg.micro_batch_size)
+    algo = get_algorithm(cfg)
+    train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console)
+    algo.check_data(train_info)
+    out, resume_ckpt = _prepare_out_dir(cfg)
+
+    from rlhflab.data import tokenize_examples
+    from rlhflab.models import load_tokenizer, resolve_model_path
+
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(str(model_path), trust_remote_code=cfg.trust_remote_code)
+    items, report = tokenize_examples(examples, tokenizer, cfg.data)
+    eval_items = tokenize_examples(eval_examples, tokenizer, cfg.data)[0] if eval_examples else None
+    console.print(f"data: {cfg.data.train} ({train_info.format}): {report.summary()}")
+    if not items:
+        raise DataError(cfg.data.train, None, None, "no rows left after tokenization and truncation")
+    algo.setup(tokenizer)
+    items = algo.prepare_items(items)
+    eval_items = algo.prepare_items(eval_items) if eval_items else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    console.print(plan.describe(algo.item_name))
+    console.print(f"  {len(items)} training {algo.item_name}, {len(eval_items or [])} eval; "
+                  f"{cfg.max_steps} steps = {cfg.max_steps * cfg.batch_size / len(items):.2f} epochs")
+
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = pick_device(cfg.device)
+    model = algo.load_model(str(model_path), device)
+    from rlhflab.models import count_parameters
+
+    trainable, total = count_parameters(model)
+    console.print(f"model: {cfg.model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) on {device}")
+
+    loop = Loop(cfg, algo, model, items, eval_items, out, device, console)
+    initial_eval: dict[str, float] = {}
+    if resume_ckpt is not None:
+        loop.resume_from(resume_ckpt)
+        console.print(f"resumed from {resume_ckpt} (step {loop.state.step})")
+    elif cfg.resume:
+        console.print("[yellow]warning:[/] resume=true but no complete checkpoint found; starting from step 0")
+    if loop.state.step == 0 and eval_items:
+        initial_eval = loop.evaluate()
+    state = loop.run(stop_at=stop_at)
+
+    final_dir = None
+    if state.step >= cfg.max_steps:
+        final_dir = out / "final"
+        algo.save_final(model, tokenizer, str(final_dir))
+        summary = _summary(cfg, state.history, initial_eval, time.perf_counter() - t_start, final_dir)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        _print_summary(console, summary)
+    return RunResult(out, state.history, final_dir, initial_eval)
+
+
+def _summary(cfg: RunConfig, history: list[dict[str, Any]], initial_eval: dict[str, float],
+             seconds: float, final_dir: Path) -> dict[str, Any]:
+    finite = [h for h in history if h.get("skipped") == 0]
+    summary: dict[str, Any] = {
+        "algorithm": cfg.algorithm,
+        "model": cfg.model,
+        "steps": cfg.max_steps,
+        "first_loss": finite[0]["loss"] if finite else None,
+        "last_loss": finite[-1]["loss"] if finite else None,
+        "seconds": round(seconds, 1),
+        "final": str(final_dir),
+    }
+    if initial_eval:
+        summary["eval_before"] = initial_eval
+    last_eval = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")}
+    if last_eval:
+        summary["eval_after"] = last_eval
+    return summary
+
+
+def _print_summary(console: Console, s: dict[str, Any]) -> None:
+    console.print(f"[bold green]done[/]: {s['algorithm']} on {s['model']}, {s['steps']} steps in {s['seconds']} s")
+    if s["first_loss"] is not None:
+        console.print(f"  train loss {s['first_loss']:.4f} (step 1) -> {s['last_loss']:.4f} (step {s['steps']})")
+    before, after = s.get("eval_before", {}), s.get("eval_after", {})
+    for key, value in after.items():
+        prev = f"{before[key]:.4f} -> " if key in before else ""
+        console.print(f"  {key}: {prev}{value:.4f}")
+    console.print(f"  model saved to {s['final']}")
