@@ -127,8 +127,8 @@ def resolve_format(path: str, row: int, columns: set[str], kind: str | None, fmt
         use = _renames_that_matter(renames, detected, kind, accepted)
         if use and detect_format(columns | set(use.values())) != detected:
             _raise_misspelled(path, row, use, accepted)
-        if detected is None:
-            _raise_no_format(path, row, columns, accepted)
+        if detected is None or (detected == "prompt" and "prompt" not in accepted):
+            _raise_no_format(path, row, columns, accepted)  # a bare prompt column: say what is missing
     if detected not in accepted:
         raise DataError(
             path, None, None,

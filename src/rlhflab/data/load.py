@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhflab.data.examples import LoadedData
-from rlhflab.data.formats import FORMATS, resolve_format
+from rlhflab.data.formats import resolve_format
 from rlhflab.data.io import Record, read_records
 from rlhflab.data.normalize import DropRow, normalize_row
 from rlhflab.errors import DataError
@@ -49,7 +49,7 @@ def examples_from_records(records: list[Record], path: str, kind: str | None, fo
 
 
 def _check_margins(out: LoadedData) -> None:
-    if "margin" not in " ".join(FORMATS.get(out.format, ())) and out.format not in ("pairwise", "transcript", "safety"):
+    if out.format not in ("pairwise", "transcript", "safety") or out.kind == "prompt":
         return
     have = [getattr(ex, "margin", None) is not None for ex in out.examples]
     if any(have) and not all(have):

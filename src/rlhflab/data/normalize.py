@@ -90,12 +90,14 @@ def normalize_row(path: str, row: int, data: dict[str, Any], fmt: str, kind: str
     for col in FORMATS[fmt]:
         if col not in data:
             raise DataError(path, row, col, f"missing column '{col}' (format '{fmt}' needs {', '.join(FORMATS[fmt])})")
-    if kind == "prompt":
+    if kind == "prompt" or fmt == "prompt":
         return _prompt_example(path, row, data, fmt)
     if fmt == "messages":
         msgs = messages(path, row, "messages", data["messages"], "user")
         if not any(m["role"] == "assistant" for m in msgs):
             raise DataError(path, row, "messages", "no assistant turn: nothing to train on")
+        if next(m["role"] for m in msgs if m["role"] != "system") == "assistant":
+            raise DataError(path, row, "messages", "the chat starts with an assistant turn; it needs a user turn first")
         return SFTExample(msgs, row)
     if fmt == "prompt_completion":
         prompt = messages(path, row, "prompt", data["prompt"], "user")

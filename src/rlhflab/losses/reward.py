@@ -59,7 +59,7 @@ def safe_rlhf_cost_loss(
     chosen_safe: Tensor,
     rejected_safe: Tensor,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Safe RLHF cost-model loss (Dai et al., arXiv 2310.12773, Sec. 3.2, eq. 6 of v1).
+    """Safe RLHF cost-model loss (Dai et al., arXiv 2310.12773, Sec. 3.2, eq. 6).
 
     The paper writes, with y_w the MORE harmful response of the pair and y_l the less harmful,
     and s(y) = +1 when y is unsafe, -1 when safe:

@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rlhflab.errors import UserError
@@ -81,7 +80,6 @@ def convert_embedded(dest: Path | None = None) -> Path:
         f"rlhflab: converting the embedded {EMBEDDED} model (GGUF) to {dest} (once, ~30 s)",
         file=sys.stderr,
     )
-    start = time.perf_counter()
     gguf_model, tokenizer = load_gguf_model()
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
@@ -96,6 +94,7 @@ def convert_embedded(dest: Path | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -106,7 +105,6 @@ def convert_embedded(dest: Path | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"rlhflab: converted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return dest
 
 

@@ -106,7 +106,7 @@ class Loop:
             with _autocast(self.cfg, self.device):
                 out = self.algo.loss(self.model, batch)
             if not torch.isfinite(out.loss_sum):
-                problem = f"non-finite loss ({float(out.loss_sum)}) in micro-batch with rows {getattr(batch, 'rows', [])}"
+                problem = f"non-finite loss ({float(out.loss_sum.detach())}) in micro-batch with rows {getattr(batch, 'rows', [])}"
                 break
             (out.loss_sum / total_units).backward()
             loss_total += float(out.loss_sum.detach())

@@ -1,0 +1,86 @@
+"""Tiny models and synthetic data for end-to-end tests (built in code, nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rlhflab.config import config_from_dict
+
+GOOD = ["great", "lovely", "superb", "kind", "bright"]
+BAD = ["awful", "rude", "broken", "dull", "nasty"]
+FILLER = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "was", "very", "so"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    """Spell a number: 'spell 42' -> 'four two'. A deterministic map the tiny model can learn."""
+    names = "zero one two three four five six seven eight nine".split()
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(10, 999)
+        rows.append({"prompt": f"spell {k}", "completion": " ".join(names[int(d)] for d in str(k))})
+    return rows
+
+
+def gold_reward(text: str) -> int:
+    words = text.split()
+    return sum(w in GOOD for w in words) - sum(w in BAD for w in words)
+
+
+def pref_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs labelled by a known gold reward: each response has filler and one sentiment word."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        def resp(word: str) -> str:
+            words = rng.sample(FILLER, 4)
+            words.insert(rng.randint(0, 4), word)
+            return " ".join(words)
+
+        a, b = resp(rng.choice(GOOD)), resp(rng.choice(BAD))
+        assert gold_reward(a) > gold_reward(b)
+        rows.append({"prompt": "say something", "chosen": a, "rejected": b})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny Llama causal LM + byte-level ChatML tokenizer saved as a Hugging Face folder."""
+    from rlhflab.testing import tiny_model_dir, tiny_tokenizer
+
+    return Path(tiny_model_dir(tmp_path_factory.mktemp("tiny"), tiny_tokenizer()))
+
+
+@pytest.fixture
+def make_cfg(tiny_dir, tmp_path):
+    def make(**over):
+        base = {
+            "algorithm": "sft",
+            "model": str(tiny_dir),
+            "output_dir": str(tmp_path / "run"),
+            "seed": 0,
+            "max_steps": 4,
+            "batch_size": 8,
+            "micro_batch_size": 4,
+            "optim": {"lr": 3.0e-3, "schedule": "constant"},
+            "checkpoint_every": 0,
+            "tensorboard": False,
+            "data": {"max_length": 64},
+        }
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return config_from_dict(base)
+
+    return make
