@@ -235,3 +235,10 @@ def test_hh_completion_with_more_turns(jsonl):
     ex = load_examples(jsonl([{"chosen": c, "rejected": r}]), "pairwise").examples[0]
     assert ex.prompt == [U("Hi")]
     assert ex.chosen == [A("Hello"), U("Thanks"), A("Welcome")] and ex.rejected == [A("Go away")]
+
+
+def test_prompt_only_reading_warns_about_lookalike_columns(jsonl):
+    d = load_examples(jsonl([{"prompt": "a", "chosen_response": "b", "rejected_response": "c"}]), None)
+    assert d.format == "prompt"
+    assert any("'chosen_response' -> 'chosen'?" in w and "'rejected_response' -> 'rejected'?" in w for w in d.warnings)
+    assert load_examples(jsonl([{"prompt": "a", "id": 3}]), None).warnings == []

@@ -152,6 +152,15 @@ def _renames_that_matter(
     return renames
 
 
+def rename_warnings(columns: set[str], detected: str) -> list[str]:
+    """For data read as prompt-only: columns that look like a known one and would change the format."""
+    renames = suggest_renames(columns)
+    if detected != "prompt" or not renames or detect_format(columns | set(renames.values())) == detected:
+        return []
+    pairs = ", ".join(f"'{c}' -> '{b}'?" for c, b in renames.items())
+    return [f"read as prompt-only data; if that is not intended, rename the columns ({pairs})"]
+
+
 def _raise_misspelled(path: str, row: int, renames: dict[str, str], accepted: tuple[str, ...]) -> None:
     col, best = next(iter(renames.items()))
     others = "".join(f"; '{c}' -> '{b}'?" for c, b in list(renames.items())[1:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhflab.data.examples import LoadedData
-from rlhflab.data.formats import resolve_format
+from rlhflab.data.formats import rename_warnings, resolve_format
 from rlhflab.data.io import Record, read_records
 from rlhflab.data.normalize import DropRow, normalize_row
 from rlhflab.errors import DataError
@@ -31,6 +31,7 @@ def examples_from_records(records: list[Record], path: str, kind: str | None, fo
     first = records[0]
     fmt = resolve_format(path, first.row, set(first.data), kind, format)
     out = LoadedData(path=path, format=fmt, kind=kind, examples=[], num_rows=len(records))
+    out.warnings += [f"{path}: {w}" for w in rename_warnings(set(first.data), fmt)]
     for rec in records:
         try:
             out.examples.append(normalize_row(path, rec.row, rec.data, fmt, kind))
