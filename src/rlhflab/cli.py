@@ -20,11 +20,23 @@ def _console():
     return Console(stderr=True)
 
 
+def _quiet_libraries() -> None:
+    """rlhflab shows its own progress; silence per-load bars and known-harmless warnings of dependencies."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rlhflab.config import load_config
     from rlhflab.train.run import run
 
     cfg = load_config(args.config, args.overrides)
+    _quiet_libraries()
     run(cfg, _console())
     return 0
 
@@ -32,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from rlhflab.quickstart import quickstart
 
+    _quiet_libraries()
     quickstart(output_dir=args.output_dir, steps=args.steps, model=args.model, console=_console())
     return 0
 

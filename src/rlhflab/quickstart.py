@@ -32,7 +32,7 @@ def quickstart_config(output_dir: str, steps: int, model: str) -> dict:
         "optim": {"lr": 1.0e-3, "warmup_steps": 3, "schedule": "cosine"},
         "lora": {"r": 16, "alpha": 32},
         "checkpoint_every": 0,
-        "eval_every": 10,
+        "eval_every": 0,
         "overwrite": True,
         "sft": {"packing": False},
     }

@@ -127,21 +127,13 @@ def collate_packed(rows: Sequence[PackedRow], pad_id: int = 0) -> LMBatch:
 
 
 def attention_mask_4d(batch: LMBatch, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Additive mask (B, 1, T, T): 0 where query t may attend key s, dtype-min elsewhere.
+    """Additive mask (B, 1, T, T) of a batch: block-diagonal causal over `segment_ids` for packed
+    rows (an unpacked row is one segment), padding keys masked. See
+    `rlhflab.models.forward.packed_attention_mask`, which this delegates to."""
+    from rlhflab.models.forward import packed_attention_mask
 
-    Causal, within one segment (block-diagonal for packed rows; unpacked rows are one segment),
-    padding keys masked. A padding query attends only to itself, so no softmax row is empty.
-    """
-    seg = batch.segment_ids if batch.segment_ids is not None else batch.attention_mask.long()  # (B, T)
-    T = seg.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()  # (T, T)
-    same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
-    allowed = causal[None] & same & (seg[:, None, :] != 0)
-    eye = torch.eye(T, dtype=torch.bool, device=seg.device)[None]
-    allowed = allowed | (eye & (seg == 0)[:, :, None])
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]  # (B, 1, T, T)
+    seg = batch.segment_ids if batch.segment_ids is not None else batch.attention_mask.long()
+    return packed_attention_mask(seg, dtype, batch.attention_mask)
 
 
 def raise_if_no_loss_tokens(batch: LMBatch | PairBatch) -> None:

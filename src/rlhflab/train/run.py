@@ -110,8 +110,9 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(str(model_path), trust_remote_code=cfg.trust_remote_code)
-    items, report = tokenize_examples(examples, tokenizer, cfg.data)
-    eval_items = tokenize_examples(eval_examples, tokenizer, cfg.data)[0] if eval_examples else None
+    items, report = tokenize_examples(examples, tokenizer, cfg.data, path=cfg.data.train)
+    eval_path = cfg.data.eval or cfg.data.train
+    eval_items = tokenize_examples(eval_examples, tokenizer, cfg.data, path=eval_path)[0] if eval_examples else None
     console.print(f"data: {cfg.data.train} ({train_info.format}): {report.summary()}")
     if not items:
         raise DataError(cfg.data.train, None, None, "no rows left after tokenization and truncation")
