@@ -86,7 +86,7 @@ class RewardModelConfig:
     loss: Literal["bradley_terry", "margin", "cost"] = "bradley_terry"
     """bradley_terry: -log sigmoid(r_c - r_r); margin: -log sigmoid(r_c - r_r - m) with m from the
     data's `margin` column (or `margin` below); cost: the Safe RLHF cost-model loss (2310.12773
-    eq. 13) on pairs with `chosen_safe` / `rejected_safe` labels."""
+    Sec. 3.2 eq. 6) on pairs with `chosen_safe` / `rejected_safe` labels."""
     margin: float = 0.0
     """Constant margin for `loss: margin` when the data has no `margin` column."""
     center_rewards_coef: float = 0.0

@@ -2,7 +2,7 @@
 
 - bradley_terry: -log sigmoid(r_c - r_r)                       (InstructGPT, 2203.02155 eq. 1)
 - margin:        -log sigmoid(r_c - r_r - m)                   (Llama 2, 2307.09288 eq. 2)
-- cost:          Safe RLHF cost-model loss                     (2310.12773 eq. 13)
+- cost:          Safe RLHF cost-model loss                     (2310.12773 Sec. 3.2 eq. 6)
 Held-out metrics: pairwise accuracy, expected calibration error of sigmoid(score gap), score stats.
 """
 
