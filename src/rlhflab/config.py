@@ -310,7 +310,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_dotted(tree, keys, value)
-    return config_from_dict(tree)
+    try:
+        return config_from_dict(tree)
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def config_from_dict(tree: dict[str, Any]) -> RunConfig:

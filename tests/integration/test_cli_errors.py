@@ -465,9 +465,6 @@ def test_overwrite_keeps_previous_run_when_rows_or_config_are_bad(tmp_path, tiny
     _assert_previous_run_intact(tmp_path / "run")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: train/run.py runs _prepare_out_dir (which deletes final/, checkpoints/, metrics.jsonl "
-    "under overwrite=true) before the model path is resolved and before token lengths are checked"))
 @pytest.mark.parametrize("bad", ["model_path", "prompt_too_long"])
 def test_overwrite_keeps_previous_run_when_model_or_lengths_are_bad(tmp_path, tiny_dir, capsys, bad):
     data = write_jsonl(tmp_path / "d.jsonl", _long_prompt_rows())

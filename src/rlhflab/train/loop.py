@@ -92,8 +92,10 @@ class Loop:
         batches = self._micro_batches(step)
         total_units = sum(self.algo.units(b) for b in batches)
         if total_units == 0:
-            rows = [r for b in batches for r in getattr(b, "rows", [])]
-            raise NonFiniteError(f"step {step + 1}: the batch has zero trainable units (rows {rows}); check the loss mask")
+            from rlhflab.data import raise_if_no_loss_tokens
+
+            for b in batches:
+                raise_if_no_loss_tokens(b)
         lr = lr_at(step, lr=self.cfg.optim.lr, max_steps=self.cfg.max_steps, warmup_steps=self.cfg.optim.warmup_steps,
                    schedule=self.cfg.optim.schedule, min_lr_ratio=self.cfg.optim.min_lr_ratio)
         for group in self.optimizer.param_groups:

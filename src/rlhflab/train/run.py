@@ -51,7 +51,8 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def _prepare_out_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
+def _check_out_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from; refuses to clobber a run by accident."""
     out = Path(cfg.output_dir)
     ckpts = list_checkpoints(out / "checkpoints")
     if cfg.resume:
@@ -62,10 +63,14 @@ def _prepare_out_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
                 f"output_dir '{out}' already holds a run. Pass resume=true to continue it, "
                 "overwrite=true to start over there, or choose another output_dir."
             )
-        for sub in ("checkpoints", "final", "tensorboard", "metrics.jsonl"):
-            p = out / sub
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return out, None
+
+
+def _clear_previous_run(out: Path) -> None:
+    """overwrite=true: remove the old run's outputs, only once every input has been validated."""
+    for sub in ("checkpoints", "final", "tensorboard", "metrics.jsonl", "summary.json"):
+        p = out / sub
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _split_eval(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -103,7 +108,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     algo = get_algorithm(cfg)
     train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console)
     algo.check_data(train_info)
-    out, resume_ckpt = _prepare_out_dir(cfg)
+    out, resume_ckpt = _check_out_dir(cfg)
 
     from rlhflab.data import tokenize_examples
     from rlhflab.models import load_tokenizer, resolve_model_path
@@ -115,11 +120,14 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     eval_items = tokenize_examples(eval_examples, tokenizer, cfg.data, path=eval_path)[0] if eval_examples else None
     console.print(f"data: {cfg.data.train} ({train_info.format}): {report.summary()}")
     if not items:
-        raise DataError(cfg.data.train, None, None, "no rows left after tokenization and truncation")
+        raise DataError(cfg.data.train, None, None, f"no rows left after tokenization and truncation ({report.summary()})",
+                        "raise data.max_length, use data.truncation: truncate, or check the chat template")
     algo.setup(tokenizer)
     items = algo.prepare_items(items)
     eval_items = algo.prepare_items(eval_items) if eval_items else None
 
+    if cfg.overwrite and not cfg.resume:
+        _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     console.print(plan.describe(algo.item_name))
