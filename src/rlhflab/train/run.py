@@ -130,7 +130,8 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-    console.print(plan.describe(algo.item_name))
+    tokens_per_item = sum(_item_tokens(i) for i in items) / len(items)
+    console.print(plan.describe(algo.item_name) + f", ~{tokens_per_item * cfg.batch_size:,.0f} tokens/step")
     console.print(f"  {len(items)} training {algo.item_name}, {len(eval_items or [])} eval; "
                   f"{cfg.max_steps} steps = {cfg.max_steps * cfg.batch_size / len(items):.2f} epochs")
 
@@ -161,6 +162,12 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(console, summary)
     return RunResult(out, state.history, final_dir, initial_eval)
+
+
+def _item_tokens(item: Any) -> int:
+    if hasattr(item, "chosen"):
+        return len(item.chosen.input_ids) + len(item.rejected.input_ids)
+    return len(item.input_ids)
 
 
 def _summary(cfg: RunConfig, history: list[dict[str, Any]], initial_eval: dict[str, float],
