@@ -77,7 +77,7 @@ class TokenizeReport:
             f"tokens {self.dropped_no_loss_tokens})"
         )
         if s:
-            text += "; tokens " + ", ".join(f"{k} {v:g}" for k, v in s.items())
+            text += "; tokens " + ", ".join(f"{k} {round(v, 1):g}" for k, v in s.items())
         return text
 
 
