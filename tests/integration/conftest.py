@@ -60,27 +60,38 @@ def tiny_dir(tmp_path_factory) -> Path:
     return Path(tiny_model_dir(tmp_path_factory.mktemp("tiny"), tiny_tokenizer()))
 
 
+def tiny_config_dict(tiny_dir: Path, default_output_dir: Path, **over) -> dict:
+    """A small, fast run config on the tiny model; `over` replaces keys (dicts are merged one level)."""
+    base = {
+        "algorithm": "sft",
+        "model": str(tiny_dir),
+        "output_dir": str(default_output_dir),
+        "seed": 0,
+        "max_steps": 4,
+        "batch_size": 8,
+        "micro_batch_size": 4,
+        "optim": {"lr": 3.0e-3, "schedule": "constant"},
+        "checkpoint_every": 0,
+        "tensorboard": False,
+        "data": {"max_length": 64},
+    }
+    return merge_config(base, over)
+
+
+def merge_config(base: dict, over: dict) -> dict:
+    """`base` with the keys of `over` replaced; a dict value is merged into a dict one level deep."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
 @pytest.fixture
 def make_cfg(tiny_dir, tmp_path):
     def make(**over):
-        base = {
-            "algorithm": "sft",
-            "model": str(tiny_dir),
-            "output_dir": str(tmp_path / "run"),
-            "seed": 0,
-            "max_steps": 4,
-            "batch_size": 8,
-            "micro_batch_size": 4,
-            "optim": {"lr": 3.0e-3, "schedule": "constant"},
-            "checkpoint_every": 0,
-            "tensorboard": False,
-            "data": {"max_length": 64},
-        }
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return config_from_dict(base)
+        return config_from_dict(tiny_config_dict(tiny_dir, tmp_path / "run", **over))
 
     return make

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import pref_rows, sft_rows, write_jsonl
+from conftest import merge_config, pref_rows, sft_rows, tiny_config_dict, write_jsonl
 from rlhflab.cli import main
 
 # --------------------------------------------------------------------------- helpers
@@ -63,26 +63,9 @@ def no_tokenizer_load(monkeypatch):
 
 def write_cfg(tmp_path: Path, tiny_dir: Path, train: Path | str | None, name: str = "cfg.yaml", **over) -> Path:
     """A small, fast config (2 steps of 4 examples, no TensorBoard) written as YAML."""
-    cfg = {
-        "algorithm": "sft",
-        "model": str(tiny_dir),
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "max_steps": 2,
-        "batch_size": 4,
-        "micro_batch_size": 4,
-        "optim": {"lr": 1.0e-3, "schedule": "constant"},
-        "checkpoint_every": 0,
-        "tensorboard": False,
-        "data": {"max_length": 64},
-    }
-    if train is not None:
-        cfg["data"]["train"] = str(train)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
+    data = {"max_length": 64, **({"train": str(train)} if train is not None else {})}
+    base = {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "optim": {"lr": 1.0e-3}, "data": data}
+    cfg = tiny_config_dict(tiny_dir, tmp_path / "run", **merge_config(base, over))
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path

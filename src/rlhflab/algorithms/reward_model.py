@@ -81,29 +81,24 @@ class RewardModel(Algorithm):
         return scores[: len(batch)], scores[len(batch):]
 
     def _loss(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, dict]:
+        """Per-pair loss (B,) and per-pair metrics (B,) under the logged names (see metric_docs)."""
         rm = self.cfg.reward_model
         if rm.loss == "cost":
-            return safe_rlhf_cost_loss(chosen, rejected, batch.chosen_safe, batch.rejected_safe)
+            loss, m = safe_rlhf_cost_loss(chosen, rejected, batch.chosen_safe, batch.rejected_safe)
+            return loss, {"accuracy": m["accuracy"], "score_gap": m["rejected_cost"] - m["chosen_cost"],
+                          "chosen_score": m["chosen_cost"], "rejected_score": m["rejected_cost"],
+                          "sign_accuracy": m["sign_accuracy"]}
         margin = None
         if rm.loss == "margin":
             margin = batch.margin if batch.margin is not None else torch.full_like(chosen, rm.margin)
-        return bradley_terry(chosen, rejected, margin=margin, center_coef=rm.center_rewards_coef)
+        loss, m = bradley_terry(chosen, rejected, margin=margin, center_coef=rm.center_rewards_coef)
+        return loss, {"accuracy": m["accuracy"], "score_gap": m["margin"], "chosen_score": m["chosen_score"],
+                      "rejected_score": m["rejected_score"]}
 
     def loss(self, model: torch.nn.Module, batch: PairBatch) -> StepOutput:
         chosen, rejected = self._scores(model, batch)
-        per_pair, _ = self._loss(chosen, rejected, batch)
-        metrics = self._pair_metrics(chosen.detach(), rejected.detach(), batch)
+        per_pair, metrics = self._loss(chosen, rejected, batch)
         return StepOutput(per_pair.sum(), {k: v.sum() for k, v in metrics.items()})
-
-    def _pair_metrics(self, chosen: torch.Tensor, rejected: torch.Tensor, batch: PairBatch) -> dict[str, torch.Tensor]:
-        """Per-pair metric values (B,), so sums over micro-batches average correctly."""
-        cost = self.cfg.reward_model.loss == "cost"
-        gap = (rejected - chosen) if cost else (chosen - rejected)
-        out = {"accuracy": (gap > 0).float(), "score_gap": gap, "chosen_score": chosen, "rejected_score": rejected}
-        if cost and batch.chosen_safe is not None:
-            sign_ok = ((chosen > 0) == ~batch.chosen_safe).float() + ((rejected > 0) == ~batch.rejected_safe).float()
-            out["sign_accuracy"] = sign_ok / 2
-        return out
 
     def evaluate(self, model: torch.nn.Module, items: list[Any], micro_batch_size: int) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -112,8 +107,8 @@ class RewardModel(Algorithm):
         for k in range(0, len(items), micro_batch_size):
             batch = self.collate(items[k:k + micro_batch_size]).to(device)
             chosen, rejected = self._scores(model, batch)
-            losses += float(self._loss(chosen, rejected, batch)[0].sum())
-            metrics = self._pair_metrics(chosen, rejected, batch)
+            per_pair, metrics = self._loss(chosen, rejected, batch)
+            losses += float(per_pair.sum())
             for name, v in metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(v.sum())
             gaps.append(metrics["score_gap"].cpu())
