@@ -95,9 +95,56 @@ class RewardModelConfig:
     """Bins for the expected calibration error of sigmoid(score gap) on the eval split."""
 
 
+@dataclass(frozen=True)
+class DPOConfig:
+    loss: str | tuple[str, ...] = "dpo"
+    """A pairwise loss of `rlhflab.losses.preference.PAIRWISE` (dpo, cdpo, robust_dpo, ipo, hinge,
+    slic, orpo, simpo, dpo_nll, rpo, dpop, tdpo, sppo, nca, gpo, sft), or a list of them to add up
+    with `loss_weights` (e.g. [dpo, sft])."""
+    loss_weights: tuple[float, ...] | None = None
+    """One weight per loss in `loss`; None = all 1.0."""
+    beta: float | None = None
+    """Inverse temperature beta (tau for ipo); None = each loss's own default (0.1; simpo 2.0)."""
+    label_smoothing: float | None = None
+    """cdpo / robust_dpo: the assumed rate e of flipped labels (default 0)."""
+    delta: float | None = None
+    """slic: the hinge margin on chosen - rejected log-probs (default 1.0)."""
+    nll_weight: float | None = None
+    """slic: weight of the chosen per-token NLL term (default 0)."""
+    lam: float | None = None
+    """orpo: weight of the odds-ratio term (default 0.1); dpop: penalty weight (default 50)."""
+    gamma: float | None = None
+    """simpo: target reward margin (default 0.5)."""
+    alpha: float | None = None
+    """dpo_nll: NLL weight (default 1.0); tdpo: weight of the KL term in version 2 (default 0.5)."""
+    eta: float | None = None
+    """rpo: scale of the external reward gap (default 1.0)."""
+    distance: str | None = None
+    """rpo: kl (Bernoulli KL, default) | sq (squared difference)."""
+    version: int | None = None
+    """tdpo: 1 or 2 (default 2)."""
+    f: str | None = None
+    """gpo: logistic (default) | hinge | square | exponential | truncated_square | savage."""
+    reference: Literal["auto", "precompute", "online"] = "auto"
+    """Reference log-probs: precompute = one pass over the data before training, cached on disk
+    and reused (needs a frozen reference); online = a reference forward every step; auto =
+    precompute unless a loss needs the reference's full distributions (tdpo)."""
+    mask_format_tokens: bool = False
+    """Llama 3's stabilizer: leave the tokenizer's special tokens (chat-template headers and
+    end-of-turn tokens such as <|im_end|>) out of every preference log-prob."""
+    eval_kl: bool = True
+    """Report eval/kl, the exact per-token KL(policy || reference) on the eval completions. Full
+    fine-tuning then keeps a frozen copy of the reference in memory."""
+    chosen_logp_warn_steps: int = 20
+    """Warn when the chosen log-prob has fallen over this many consecutive-step window (the DPO
+    failure mode that DPOP addresses); 0 = never warn."""
+
+
+
 ALGORITHM_CONFIGS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": RewardModelConfig,
+    "dpo": DPOConfig,
 }
 """Each algorithm's own settings live in a section named after it."""
 
@@ -154,6 +201,8 @@ class RunConfig:
     """Settings of `algorithm: sft`."""
     reward_model: RewardModelConfig | None = None
     """Settings of `algorithm: reward_model`."""
+    dpo: DPOConfig | None = None
+    """Settings of `algorithm: dpo` (every pairwise preference loss)."""
 
     @property
     def algo(self) -> Any:
@@ -359,6 +408,64 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("keep_checkpoints must be at least 1")
     if cfg.lora is not None and (cfg.lora.r < 1 or cfg.lora.alpha <= 0):
         raise ConfigError("lora.r must be >= 1 and lora.alpha > 0")
+    if cfg.dpo is not None:
+        _validate_dpo(cfg.dpo)
+
+
+DPO_HPARAMS = ("beta", "label_smoothing", "delta", "nll_weight", "lam", "gamma", "alpha", "eta", "distance",
+               "version", "f")
+"""Keys of the dpo section passed to the chosen losses as hyperparameters."""
+
+
+def dpo_losses(d: DPOConfig) -> list[tuple[str, float, dict[str, Any]]]:
+    """(name, weight, hyperparameters) of each loss in the dpo section; unset keys use each loss's default."""
+    names = [d.loss] if isinstance(d.loss, str) else list(d.loss)
+    weights = list(d.loss_weights) if d.loss_weights is not None else [1.0] * len(names)
+    from rlhflab.losses.preference import hparams_of
+
+    out = []
+    for name, w in zip(names, weights):
+        accepted = hparams_of(name)
+        hp = {k: getattr(d, k) for k in DPO_HPARAMS if k in accepted and getattr(d, k) is not None}
+        out.append((name, w, hp))
+    return out
+
+
+def _validate_dpo(d: DPOConfig) -> None:
+    from rlhflab.losses.preference import PAIRWISE, hparams_of
+
+    names = [d.loss] if isinstance(d.loss, str) else list(d.loss)
+    if not names:
+        raise ConfigError("dpo.loss must name at least one loss")
+    for name in names:
+        if name not in PAIRWISE:
+            raise ConfigError(f"unknown dpo.loss '{name}'; available: {', '.join(PAIRWISE)}." + did_you_mean(name, PAIRWISE))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"dpo.loss lists a loss twice: {names}")
+    if d.loss_weights is not None:
+        if len(d.loss_weights) != len(names):
+            raise ConfigError(f"dpo.loss_weights has {len(d.loss_weights)} weights for {len(names)} losses {names}")
+        if any(not w >= 0 for w in d.loss_weights) or not any(w > 0 for w in d.loss_weights):
+            raise ConfigError(f"dpo.loss_weights must be >= 0 and not all 0, got {list(d.loss_weights)}")
+    used = {k for n in names for k in hparams_of(n)}
+    for key in DPO_HPARAMS:
+        if getattr(d, key) is not None and key not in used:
+            users = [n for n in PAIRWISE if key in hparams_of(n)]
+            raise ConfigError(f"dpo.{key} is not a setting of dpo.loss {names}; it applies to {', '.join(users)}")
+    if d.beta is not None and not d.beta > 0:
+        raise ConfigError(f"dpo.beta must be positive, got {d.beta}")
+    from rlhflab.losses.preference import check_hparams
+
+    for name, _, hp in dpo_losses(d):
+        try:
+            check_hparams(name, hp)
+        except ValueError as e:
+            raise ConfigError(f"dpo: {e}") from None
+    if d.chosen_logp_warn_steps < 0:
+        raise ConfigError("dpo.chosen_logp_warn_steps must be >= 0")
+    if d.reference == "precompute" and any("token_kl" in PAIRWISE[n].requires for n in names):
+        raise ConfigError("dpo.reference: precompute cannot serve tdpo, which needs the reference's full "
+                          "distributions every step; use reference: online (or auto)")
 
 
 def to_dict(cfg: Any) -> Any:

@@ -43,6 +43,72 @@ def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     return out
 
 
+def logps_of_targets(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits[n])[targets[n]] for flattened rows: logits (N, V), targets (N,) -> (N,) float32.
+
+    Low-precision logits are upcast a chunk of rows at a time, so the extra memory stays near one
+    chunk; float32 logits are used in place.
+    """
+    N, V = logits.shape
+    if logits.dtype == torch.float32 or N == 0:
+        return logits.gather(-1, targets[:, None]).squeeze(-1).float() - torch.logsumexp(logits.float(), dim=-1)
+    rows = max(1, _LOGP_CHUNK_ELEMENTS // max(1, V))
+    out = []
+    for s in range(0, N, rows):
+        lg = logits[s : s + rows].float()
+        out.append(lg.gather(-1, targets[s : s + rows, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out)
+
+
+class _RefPolicyKL(torch.autograd.Function):
+    """Per-row KL(q || p) with p = softmax(logits) (gradient) and q = softmax(ref_head(ref_hidden))
+    (constant), computed and differentiated a chunk of rows at a time: the reference's (N, V)
+    logits are never held at once; backward recomputes them. d KL / d logits = p - q."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, ref_hidden: Tensor, ref_head: torch.nn.Module, rows: int) -> Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        with torch.no_grad():
+            for s in range(0, logits.shape[0], rows):
+                lq = torch.log_softmax(ref_head(ref_hidden[s : s + rows]).float(), dim=-1)
+                lp = torch.log_softmax(logits[s : s + rows].float(), dim=-1)
+                out[s : s + rows] = (lq.exp() * (lq - lp)).sum(-1)
+        ctx.save_for_backward(logits, ref_hidden)
+        ctx.ref_head, ctx.rows = ref_head, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, ref_hidden = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        rows = ctx.rows
+        with torch.no_grad():
+            for s in range(0, logits.shape[0], rows):
+                q = torch.softmax(ctx.ref_head(ref_hidden[s : s + rows]).float(), dim=-1)
+                p = torch.softmax(logits[s : s + rows].float(), dim=-1)
+                grad[s : s + rows] = (grad_out[s : s + rows, None] * (p - q)).to(grad.dtype)
+        return grad, None, None, None
+
+
+def ref_policy_kl(logits: Tensor, ref_hidden: Tensor, ref_head: torch.nn.Module, chunk_rows: int | None = None) -> Tensor:
+    """Per-token KL(reference || policy) (N,), differentiable in the policy `logits` (N, V).
+
+    KL[n] = sum_v q_v (log q_v - log p_v) with p = softmax(logits[n]) and
+    q = softmax(ref_head(ref_hidden[n])). The reference distribution is rebuilt from its hidden
+    states (N, H) a chunk at a time in forward and backward, so no second (N, V) tensor lives
+    beside the policy's logits (TDPO's sequential KL, arXiv 2404.11999).
+    """
+    rows = chunk_rows or max(1, _LOGP_CHUNK_ELEMENTS // (4 * max(1, logits.shape[-1])))
+    return _RefPolicyKL.apply(logits, ref_hidden.detach(), ref_head, rows)
+
+
+def policy_ref_kl(logits: Tensor, ref_logits: Tensor) -> Tensor:
+    """Per-row KL(policy || reference) = sum_v p_v (log p_v - log q_v) for (N, V) logits -> (N,) float32."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    lq = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
 def _as_weight(mask: Tensor, x: Tensor) -> Tensor:
     return mask.to(x.dtype).expand_as(x) if mask.shape != x.shape else mask.to(x.dtype)
 

@@ -36,6 +36,8 @@ class TokenizedPair:
     chosen_safe: bool | None = None  # Safe RLHF labels: True = safe
     rejected_safe: bool | None = None
     margin: float | None = None  # optional preference strength from the data
+    scores: dict[str, float] = field(default_factory=dict)  # optional chosen_reward, ..._winrate columns
+    ref: tuple[float, float] | None = None  # precomputed reference log-probs (chosen, rejected)
 
 
 @dataclass
@@ -77,6 +79,9 @@ class PairBatch:
     chosen_safe: Tensor | None = None  # (B,) bool
     rejected_safe: Tensor | None = None  # (B,) bool
     margin: Tensor | None = None  # (B,) float
+    scores: dict[str, Tensor] = field(default_factory=dict)  # (B,) float each, columns every pair has
+    ref_chosen: Tensor | None = None  # (B,) float; precomputed reference log-probs
+    ref_rejected: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.chosen.input_ids.shape[0])
@@ -92,4 +97,7 @@ class PairBatch:
             chosen_safe=mv(self.chosen_safe),
             rejected_safe=mv(self.rejected_safe),
             margin=mv(self.margin),
+            scores={k: v.to(device) for k, v in self.scores.items()},
+            ref_chosen=mv(self.ref_chosen),
+            ref_rejected=mv(self.ref_rejected),
         )

@@ -52,6 +52,14 @@ def pref_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """Precomputed reference log-probs go to a temporary cache, not ~/.cache."""
+    import os
+
+    os.environ["RLHFLAB_REFERENCE_CACHE"] = str(tmp_path_factory.mktemp("reference-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny Llama causal LM + byte-level ChatML tokenizer saved as a Hugging Face folder."""

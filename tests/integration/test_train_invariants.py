@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import pref_rows, sft_rows, write_jsonl
 from rlhflab.algorithms import get_algorithm
-from rlhflab.algorithms.base import StepOutput
+from rlhflab.algorithms.base import StepOutput, TrainContext
 from rlhflab.data import load_examples, tokenize_examples
 from rlhflab.models import load_tokenizer
 from rlhflab.train.loop import Loop, NonFiniteError
@@ -29,6 +29,7 @@ def _loop(cfg, tmp_path):
     items = algo.prepare_items(items)
     seed_everything(cfg.seed)
     model = algo.load_model(cfg.model, torch.device("cpu"))
+    algo.before_training(model, items, None, TrainContext(cfg.model, torch.device("cpu"), QUIET, cfg.micro_batch_size))
     return Loop(cfg, algo, model, items, None, tmp_path, torch.device("cpu"), QUIET)
 
 
@@ -36,11 +37,22 @@ def _grads(loop):
     return {n: p.grad.clone() for n, p in loop.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("algorithm,rows,packing", [("sft", sft_rows, False), ("sft", sft_rows, True),
-                                                   ("reward_model", pref_rows, False)])
-def test_accumulation_8x1_equals_1x8(make_cfg, tmp_path, algorithm, rows, packing):
+ACCUMULATION_CASES = {
+    "sft": ("sft", sft_rows, {}),
+    "sft-packed": ("sft", sft_rows, {"sft": {"packing": True}}),
+    "reward_model": ("reward_model", pref_rows, {}),
+    "dpo-precomputed-ref": ("dpo", pref_rows, {"dpo": {"reference": "precompute"}}),
+    "dpo-online-ref": ("dpo", pref_rows, {"dpo": {"reference": "online"}}),
+    "tdpo-sequential-kl": ("dpo", pref_rows, {"dpo": {"loss": "tdpo"}}),
+    "dpo+sft-format-masked": ("dpo", pref_rows, {"dpo": {"loss": ["dpo", "sft"], "loss_weights": [1.0, 0.3],
+                                                         "mask_format_tokens": True}}),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCUMULATION_CASES))
+def test_accumulation_8x1_equals_1x8(make_cfg, tmp_path, case):
+    algorithm, rows, extra = ACCUMULATION_CASES[case]
     data = write_jsonl(tmp_path / "d.jsonl", rows(40))
-    extra = {"sft": {"packing": packing}} if algorithm == "sft" else {}
     grads = []
     for micro in (8, 1):
         cfg = make_cfg(algorithm=algorithm, data={"train": str(data)}, batch_size=8, micro_batch_size=micro,
@@ -70,7 +82,8 @@ def test_two_runs_give_identical_metrics(make_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("algorithm,rows,lora", [("sft", sft_rows, None), ("sft", sft_rows, {"r": 4}),
-                                                ("reward_model", pref_rows, None)])
+                                                ("reward_model", pref_rows, None), ("dpo", pref_rows, None),
+                                                ("dpo", pref_rows, {"r": 4})])
 def test_resume_equals_uninterrupted(make_cfg, tmp_path, algorithm, rows, lora):
     data = write_jsonl(tmp_path / "d.jsonl", rows(40))
     common = dict(algorithm=algorithm, data={"train": str(data)}, max_steps=6, checkpoint_every=3, lora=lora,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from rlhflab.algorithms.base import Algorithm, StepOutput
+from rlhflab.algorithms.dpo import DPO
 from rlhflab.algorithms.reward_model import RewardModel
 from rlhflab.algorithms.sft import SFT
 from rlhflab.config import RunConfig
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SFT, RewardModel)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SFT, RewardModel, DPO)}
 
 
 def get_algorithm(cfg: RunConfig) -> Algorithm:

@@ -19,6 +19,16 @@ from rlhflab.config import RunConfig
 
 
 @dataclass
+class TrainContext:
+    """What `before_training` may use besides the model and the data."""
+
+    model_path: str  # the resolved policy folder
+    device: torch.device
+    console: Any  # a rich Console
+    micro_batch_size: int
+
+
+@dataclass
 class StepOutput:
     loss_sum: Tensor
     """Scalar: the loss summed over this micro-batch's units (graph attached)."""
@@ -53,6 +63,23 @@ class Algorithm(ABC):
     @abstractmethod
     def load_model(self, path: str, device: torch.device) -> torch.nn.Module:
         """Build the trainable model from a resolved local folder."""
+
+    def before_training(self, model: torch.nn.Module, items: list[Any], eval_items: list[Any] | None,
+                        ctx: "TrainContext") -> None:
+        """Called once the model is built and before any checkpoint is restored, so `model` is the
+        initial policy: precompute reference log-probs, keep a frozen reference copy, etc."""
+
+    def begin_step(self, model: torch.nn.Module, batches: list[Any]) -> None:
+        """Called before the micro-batches of an optimizer step, with all of them (e.g. KTO's
+        reference point is an estimate over the whole step, computed without gradient)."""
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Extra entries for summary.json (e.g. how long the reference pass took)."""
+        return {}
+
+    def check_history(self, history: list[dict[str, Any]]) -> list[str]:
+        """Warnings about the run so far (each is shown once and kept in summary.json)."""
+        return []
 
     def prepare_items(self, items: list[Any]) -> list[Any]:
         """Turn tokenized examples into the items the sampler draws from (e.g. packed rows)."""

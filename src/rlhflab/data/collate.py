@@ -53,7 +53,8 @@ def collate_lm(seqs: Sequence[TokenizedSeq], pad_id: int = 0, length: int | None
 
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> PairBatch:
     """Chosen and rejected padded to one common T. `chosen_safe`/`rejected_safe` are set when
-    every pair has them; `margin` when any pair has one (missing margins count as 0)."""
+    every pair has them; `margin` when any pair has one (missing margins count as 0); each
+    `scores` column and the precomputed reference log-probs when every pair has them."""
     T = max(max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in pairs)
     batch = PairBatch(
         chosen=collate_lm([p.chosen for p in pairs], pad_id, T),
@@ -65,6 +66,11 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> PairBatch:
         batch.rejected_safe = torch.tensor([bool(p.rejected_safe) for p in pairs])
     if any(p.margin is not None for p in pairs):
         batch.margin = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
+    for col in set.intersection(*(set(p.scores) for p in pairs)):
+        batch.scores[col] = torch.tensor([p.scores[col] for p in pairs], dtype=torch.float32)
+    if all(p.ref is not None for p in pairs):
+        batch.ref_chosen = torch.tensor([p.ref[0] for p in pairs], dtype=torch.float32)
+        batch.ref_rejected = torch.tensor([p.ref[1] for p in pairs], dtype=torch.float32)
     return batch
 
 

@@ -32,16 +32,19 @@ class PairExample:
     chosen_safe: bool | None = None  # Safe RLHF labels (safety format): True = safe
     rejected_safe: bool | None = None
     margin: float | None = None  # optional preference strength (`margin` column)
+    scores: dict[str, float] = field(default_factory=dict)  # optional PAIR_SCORE_COLUMNS present in the row
 
 
 @dataclass
 class UnpairedExample:
-    """A single completion labelled desirable (True) or undesirable (False), as in KTO."""
+    """A single completion labelled desirable (True) or undesirable (False), as in KTO, or
+    scored with a number (the `scored` format, as in DRO; then `label` is reward > 0)."""
 
     prompt: list[Message]
     completion: list[Message]
     label: bool
     row: int
+    reward: float | None = None
 
 
 @dataclass

@@ -4,14 +4,15 @@
 |-------------------|---------------------------------------------------------|---------------------|
 | messages          | messages                                                | sft                 |
 | prompt_completion | prompt, completion                                      | sft                 |
-| pairwise          | prompt, chosen, rejected (optional margin)              | pairwise            |
+| pairwise          | prompt, chosen, rejected (optional margin, scores)      | pairwise            |
 | transcript        | chosen, rejected (whole dialogues, Anthropic HH style)  | pairwise            |
 | unpaired          | prompt, completion, label                               | unpaired            |
+| scored            | prompt, completion, reward (a number)                   | unpaired            |
 | safety            | prompt, chosen, rejected, chosen_safe, rejected_safe    | pairwise            |
 | prompt            | prompt (any other column is passed through as `extra`)  | prompt              |
 
 Algorithm kinds: ``sft`` (supervised sequences), ``pairwise`` (preference pairs: reward models,
-DPO family), ``unpaired`` (KTO-style labelled completions), ``prompt`` (online RL: prompts only;
+DPO family), ``unpaired`` (KTO-style labelled completions, or DRO-style scored ones), ``prompt`` (online RL: prompts only;
 it also takes any format that has a prompt and keeps the other columns as `extra`).
 """
 
@@ -25,27 +26,31 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "pairwise": ("prompt", "chosen", "rejected"),
     "transcript": ("chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),
+    "scored": ("prompt", "completion", "reward"),
     "safety": ("prompt", "chosen", "rejected", "chosen_safe", "rejected_safe"),
     "prompt": ("prompt",),
 }
 """Each format's required columns."""
 
+PAIR_SCORE_COLUMNS = ("chosen_reward", "rejected_reward", "chosen_winrate", "rejected_winrate")
+"""Optional per-pair numbers for losses that use them (rpo: rewards; sppo: win rates in [0, 1])."""
+
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
-    "pairwise": ("margin",),
-    "transcript": ("margin",),
-    "safety": ("margin",),
+    "pairwise": ("margin",) + PAIR_SCORE_COLUMNS,
+    "transcript": ("margin",) + PAIR_SCORE_COLUMNS,
+    "safety": ("margin",) + PAIR_SCORE_COLUMNS,
 }
 
-KNOWN_COLUMNS = sorted({c for cols in FORMATS.values() for c in cols} | {"margin"})
+KNOWN_COLUMNS = sorted({c for cols in FORMATS.values() for c in cols} | {"margin", *PAIR_SCORE_COLUMNS})
 
 # Most specific first: the first format whose required columns are all present wins.
-_DETECT_ORDER = ("safety", "pairwise", "unpaired", "prompt_completion", "transcript", "messages", "prompt")
+_DETECT_ORDER = ("safety", "pairwise", "unpaired", "scored", "prompt_completion", "transcript", "messages", "prompt")
 
 KIND_FORMATS: dict[str, tuple[str, ...]] = {
     "sft": ("messages", "prompt_completion"),
     "pairwise": ("pairwise", "transcript", "safety"),
-    "unpaired": ("unpaired",),
-    "prompt": ("prompt", "prompt_completion", "pairwise", "transcript", "unpaired", "safety"),
+    "unpaired": ("unpaired", "scored"),
+    "prompt": ("prompt", "prompt_completion", "pairwise", "transcript", "unpaired", "scored", "safety"),
 }
 """Which formats each algorithm kind accepts."""
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from rlhflab.data.examples import Message, PairExample, PromptExample, SFTExample, UnpairedExample
-from rlhflab.data.formats import FORMATS, OPTIONAL_COLUMNS
+from rlhflab.data.formats import FORMATS, OPTIONAL_COLUMNS, PAIR_SCORE_COLUMNS
 from rlhflab.errors import DataError, did_you_mean
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -69,13 +69,25 @@ def _bool(path: str, row: int, field: str, value: Any) -> bool:
     return value
 
 
-def _margin(path: str, row: int, data: dict[str, Any]) -> float | None:
-    value = data.get("margin")
+def _number(path: str, row: int, data: dict[str, Any], field: str) -> float | None:
+    value = data.get(field)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(path, row, "margin", f"expected a finite number, got {_type_name(value)} {value!r}")
+        raise DataError(path, row, field, f"expected a finite number, got {_type_name(value)} {value!r}")
     return float(value)
+
+
+def _pair_scores(path: str, row: int, data: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for col in PAIR_SCORE_COLUMNS:
+        value = _number(path, row, data, col)
+        if value is None:
+            continue
+        if col.endswith("winrate") and not 0.0 <= value <= 1.0:
+            raise DataError(path, row, col, f"a win rate must be in [0, 1], got {value}")
+        out[col] = value
+    return out
 
 
 def _completion(path: str, row: int, field: str, value: Any) -> list[Message]:
@@ -102,9 +114,14 @@ def normalize_row(path: str, row: int, data: dict[str, Any], fmt: str, kind: str
     if fmt == "prompt_completion":
         prompt = messages(path, row, "prompt", data["prompt"], "user")
         return SFTExample(prompt + _completion(path, row, "completion", data["completion"]), row, len(prompt))
-    if fmt == "unpaired":
+    if fmt in ("unpaired", "scored"):
         prompt = messages(path, row, "prompt", data["prompt"], "user")
         completion = _completion(path, row, "completion", data["completion"])
+        if fmt == "scored":
+            reward = _number(path, row, data, "reward")
+            if reward is None:
+                raise DataError(path, row, "reward", "expected a finite number, got null")
+            return UnpairedExample(prompt, completion, reward > 0, row, reward)
         return UnpairedExample(prompt, completion, _bool(path, row, "label", data["label"]), row)
     return _pair_example(path, row, data, fmt)
 
@@ -118,7 +135,8 @@ def _pair_example(path: str, row: int, data: dict[str, Any], fmt: str) -> PairEx
         rejected = _completion(path, row, "rejected", data["rejected"])
     if chosen == rejected:
         raise DropRow("chosen_equals_rejected", f"{path}, row {row}: chosen and rejected are identical; row dropped")
-    ex = PairExample(prompt, chosen, rejected, row, margin=_margin(path, row, data))
+    ex = PairExample(prompt, chosen, rejected, row, margin=_number(path, row, data, "margin"),
+                     scores=_pair_scores(path, row, data))
     if fmt == "safety":
         ex.chosen_safe = _bool(path, row, "chosen_safe", data["chosen_safe"])
         ex.rejected_safe = _bool(path, row, "rejected_safe", data["rejected_safe"])

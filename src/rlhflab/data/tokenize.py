@@ -48,6 +48,8 @@ class TokenizedUnpaired:
     seq: TokenizedSeq
     label: bool
     row: int
+    reward: float | None = None  # the `scored` format's reward
+    ref: float | None = None  # precomputed reference log-prob of the completion
 
 
 @dataclass
@@ -176,7 +178,7 @@ def _one(ex: Any, tok: Any, template: str | None, eot: set[int], policy: _Policy
             return None
         report.truncated += c_cut or r_cut
         report.lengths += [len(c.input_ids), len(r.input_ids)]
-        return TokenizedPair(c, r, ex.row, ex.chosen_safe, ex.rejected_safe, ex.margin)
+        return TokenizedPair(c, r, ex.row, ex.chosen_safe, ex.rejected_safe, ex.margin, dict(ex.scores))
     if isinstance(ex, SFTExample):
         messages, start = ex.messages, ex.train_start
     elif isinstance(ex, UnpairedExample):
@@ -192,7 +194,7 @@ def _one(ex: Any, tok: Any, template: str | None, eot: set[int], policy: _Policy
     seq, truncated = fitted
     report.truncated += truncated
     report.lengths.append(len(seq.input_ids))
-    return TokenizedUnpaired(seq, ex.label, ex.row) if isinstance(ex, UnpairedExample) else seq
+    return TokenizedUnpaired(seq, ex.label, ex.row, ex.reward) if isinstance(ex, UnpairedExample) else seq
 
 
 def _fit_one(seq: TokenizedSeq, policy: _Policy) -> tuple[TokenizedSeq, bool] | None:

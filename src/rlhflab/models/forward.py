@@ -47,8 +47,8 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def forward_logits(model: nn.Module, batch: LMBatch) -> Tensor:
-    """Logits (B, T, V) of a causal LM on a batch.
+def model_inputs(model: nn.Module, batch: LMBatch) -> dict[str, Any]:
+    """Keyword arguments of a transformers forward for a batch.
 
     A normal batch passes its 2D attention mask; a packed batch (`segment_ids` set) passes the
     block-diagonal 4D mask of `packed_attention_mask` (transformers uses a 4D mask as given) with
@@ -63,7 +63,12 @@ def forward_logits(model: nn.Module, batch: LMBatch) -> Tensor:
         kwargs["attention_mask"] = batch.attention_mask
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
-    return model(**kwargs).logits
+    return kwargs
+
+
+def forward_logits(model: nn.Module, batch: LMBatch) -> Tensor:
+    """Logits (B, T, V) of a causal LM on a batch (see `model_inputs`)."""
+    return model(**model_inputs(model, batch)).logits
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ class Sampler:
 class LoopState:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -101,10 +102,12 @@ class Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        batches = [b.to(self.device) for b in batches]
+        with _autocast(self.cfg, self.device):
+            self.algo.begin_step(self.model, batches)
         loss_total, metric_sums, tokens = 0.0, {}, 0
         problem = None
         for batch in batches:
-            batch = batch.to(self.device)
             with _autocast(self.cfg, self.device):
                 out = self.algo.loss(self.model, batch)
             if not torch.isfinite(out.loss_sum):
@@ -178,6 +181,10 @@ class Loop:
                         row.update(self.evaluate())
                     writer.write(row)
                     self.state.history.append(row)
+                    for w in self.algo.check_history(self.state.history):
+                        if w not in self.state.warnings:
+                            self.state.warnings.append(w)
+                            progress.console.print(f"[yellow]warning:[/] step {step}: {w}")
                     if step % cfg.log_every == 0 or last:
                         info = f"loss {row['loss']:.4f} lr {row['lr']:.2e}"
                         if "eval/loss" in row:

@@ -70,9 +70,9 @@ class MetricsWriter:
             self._tb.close()
 
 
-def make_progress(console: Console) -> Progress:
+def make_progress(console: Console, label: str = "train") -> Progress:
     return Progress(
-        TextColumn("[bold]train"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),

@@ -143,6 +143,11 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     trainable, total = count_parameters(model)
     console.print(f"model: {cfg.model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) on {device}")
 
+    from rlhflab.algorithms.base import TrainContext
+
+    t_ref = time.perf_counter()
+    algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size))
+    prep_seconds = time.perf_counter() - t_ref
     loop = Loop(cfg, algo, model, items, eval_items, out, device, console)
     initial_eval: dict[str, float] = {}
     if resume_ckpt is not None:
@@ -159,6 +164,9 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         final_dir = out / "final"
         algo.save_final(model, tokenizer, str(final_dir))
         summary = _summary(cfg, state.history, initial_eval, time.perf_counter() - t_start, final_dir)
+        summary["before_training_s"] = round(prep_seconds, 3)
+        summary.update(algo.summary_extra())
+        summary["warnings"] = state.warnings
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(console, summary)
     return RunResult(out, state.history, final_dir, initial_eval)

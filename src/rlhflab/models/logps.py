@@ -1,0 +1,104 @@
+"""Log-probabilities of completions, computing the LM head only where a token is scored.
+
+A causal LM's output layer (hidden H -> vocabulary V) usually costs more than the whole decoder
+on small models (SmolLM2: V = 49152), and preference losses need it only at completion tokens.
+`completion_logits` runs the decoder on the batch, gathers the hidden states that predict the
+scored tokens, and applies the head to those N rows only: (N, V) instead of (B, T, V).
+
+Models whose head does more than a linear layer (Gemma 2's logit soft-capping, Cohere's logit
+scale) or whose decoder cannot be found fall back to the full forward; `tests/test_logps.py`
+checks both paths give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+import torch
+from torch import Tensor, nn
+
+from rlhflab.models.forward import forward_logits, model_inputs
+from rlhflab.models.load import is_peft, reference_mode
+from rlhflab.ops import logps_of_targets
+from rlhflab.types import LMBatch
+
+
+@dataclass
+class ScoredTokens:
+    """The N scored tokens of a batch, flattened in (b, t) order."""
+
+    logits: Tensor  # (N, V) prediction of each scored token (from position t-1)
+    targets: Tensor  # (N,) long, the scored token ids
+    seq: Tensor  # (N,) long, which sequence b each token belongs to
+    hidden: Tensor | None  # (N, H) the decoder states the logits were computed from (split path)
+    head: nn.Module | None  # the output layer that maps hidden to logits (split path)
+
+    def sums(self, values: Tensor, batch_size: int) -> Tensor:
+        """Per-sequence sums (B,) of per-token values (N,)."""
+        return values.new_zeros(batch_size).index_add(0, self.seq, values)
+
+
+def _split(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(decoder, head) of a plain causal LM (LoRA layers stay active inside both), else None."""
+    base = model.get_base_model() if is_peft(model) else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    get_dec, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if get_dec is None or get_head is None:
+        return None
+    try:
+        decoder, head = get_dec(), get_head()
+    except (AttributeError, NotImplementedError, ValueError):
+        return None
+    if decoder is None or decoder is base or not isinstance(head, nn.Module):
+        return None
+    return decoder, head
+
+
+def completion_logits(model: nn.Module, batch: LMBatch, mask: Tensor | None = None) -> ScoredTokens:
+    """Logits of the tokens where `mask` (default `batch.loss_mask`) is True.
+
+    mask[b, t] marks token input_ids[b, t] as scored; it is predicted from position t-1, so
+    mask[:, 0] must be False.
+    """
+    mask = batch.loss_mask if mask is None else mask
+    sel = mask[:, 1:]  # (B, T-1): position t-1 predicts token t
+    targets = batch.input_ids[:, 1:][sel]  # (N,)
+    seq = torch.arange(batch.input_ids.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
+    parts = _split(model)
+    if parts is None:
+        logits = forward_logits(model, batch)[:, :-1][sel]  # (N, V)
+        return ScoredTokens(logits, targets, seq, None, None)
+    decoder, head = parts
+    hidden = decoder(**model_inputs(model, batch)).last_hidden_state  # (B, T, H)
+    h = hidden[:, :-1][sel]  # (N, H)
+    return ScoredTokens(head(h), targets, seq, h, head)
+
+
+def sequence_logps(model: nn.Module, batch: LMBatch, mask: Tensor | None = None) -> tuple[Tensor, ScoredTokens]:
+    """Summed log-probabilities (B,) float32 of each sequence's scored tokens, and the tokens."""
+    tok = completion_logits(model, batch, mask)
+    return tok.sums(logps_of_targets(tok.logits, tok.targets), batch.input_ids.shape[0]), tok
+
+
+@contextmanager
+def reference_context(model: nn.Module, ref_model: nn.Module | None, initial_policy_ok: bool = False) -> Iterator[nn.Module]:
+    """Yields the reference in eval mode with gradients off: `ref_model` (a frozen model) if
+    given, else the adapter-disabled LoRA model, else (only with `initial_policy_ok`, before any
+    update, e.g. a precompute pass) the policy itself."""
+    if ref_model is None and is_peft(model):
+        with reference_mode(model) as ref:
+            yield ref
+        return
+    if ref_model is None and not initial_policy_ok:
+        raise ValueError("full fine-tuning needs a frozen reference model once training has started")
+    ref = model if ref_model is None else ref_model
+    was = ref.training
+    ref.eval()
+    try:
+        with torch.no_grad():
+            yield ref
+    finally:
+        ref.train(was)
