@@ -58,6 +58,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from rlhflab.merge import average_models
+
+    average_models(args.average, args.out, weights=args.weights, overwrite=args.overwrite, console=_console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
@@ -81,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", default="auto")
     q.add_argument("--model", default=None, help="tokenize with this model's tokenizer (e.g. smollm2-135m)")
     q.set_defaults(func=cmd_data_inspect)
+
+    p = sub.add_parser("merge", help="average models of rounds or checkpoints: rlhflab merge --average A B ... --out DIR")
+    p.add_argument("--average", nargs="+", required=True, metavar="MODEL",
+                   help="Hugging Face folders (safetensors), rlhflab run directories or checkpoints/step-N folders")
+    p.add_argument("--out", required=True, help="new folder for the averaged model")
+    p.add_argument("--weights", nargs="+", default=None, metavar="W",
+                   help="one weight per model, >= 0, normalized to sum to 1 (default: equal)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_merge)
     return parser
 
 

@@ -141,10 +141,50 @@ class DPOConfig:
 
 
 
+RefMode = Literal["auto", "precompute", "online"]
+
+
+@dataclass(frozen=True)
+class KTOConfig:
+    beta: float = 0.1
+    """Inverse temperature beta of the value function (arXiv 2402.01306)."""
+    desirable_weight: float = 1.0
+    """lambda_D, the weight of desirable examples."""
+    undesirable_weight: float = 1.0
+    """lambda_U, the weight of undesirable examples. The paper wants
+    lambda_D n_D / (lambda_U n_U) in [1, 4/3]; the run warns outside it."""
+    reference: RefMode = "auto"
+    """Reference log-probs of the data: precompute (default for auto) or online, as in dpo."""
+
+
+@dataclass(frozen=True)
+class NPOConfig:
+    beta: float = 0.1
+    """Inverse temperature beta (arXiv 2404.05868)."""
+    retain_weight: float = 0.0
+    """Weight of a per-token NLL on the desirable (retain) rows, the paper's NPO+RT; 0 = negatives
+    only, and the data must then hold only undesirable rows."""
+    reference: RefMode = "auto"
+    """Reference log-probs of the data, as in dpo."""
+
+
+@dataclass(frozen=True)
+class DROConfig:
+    tau: float = 1.0
+    """KL-regularization strength tau (arXiv 2405.19107; 1.0 was best in its sweep)."""
+    rescale_policy_grad: bool = True
+    """Scale the policy gradient by 1/tau, as the paper does in practice."""
+    reference: RefMode = "auto"
+    """Reference log-probs of the data, as in dpo."""
+
+
 ALGORITHM_CONFIGS: dict[str, type] = {
     "sft": SFTConfig,
     "reward_model": RewardModelConfig,
     "dpo": DPOConfig,
+    "kto": KTOConfig,
+    "npo": NPOConfig,
+    "dro": DROConfig,
 }
 """Each algorithm's own settings live in a section named after it."""
 
@@ -203,6 +243,12 @@ class RunConfig:
     """Settings of `algorithm: reward_model`."""
     dpo: DPOConfig | None = None
     """Settings of `algorithm: dpo` (every pairwise preference loss)."""
+    kto: KTOConfig | None = None
+    """Settings of `algorithm: kto` (unpaired desirable / undesirable completions)."""
+    npo: NPOConfig | None = None
+    """Settings of `algorithm: npo` (negatives only, e.g. unlearning)."""
+    dro: DROConfig | None = None
+    """Settings of `algorithm: dro` (single completions with a scalar reward and a learned value)."""
 
     @property
     def algo(self) -> Any:
@@ -410,6 +456,16 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("lora.r must be >= 1 and lora.alpha > 0")
     if cfg.dpo is not None:
         _validate_dpo(cfg.dpo)
+    for key in ("kto", "npo"):
+        section = getattr(cfg, key)
+        if section is not None and not section.beta > 0:
+            raise ConfigError(f"{key}.beta must be positive, got {section.beta}")
+    if cfg.kto is not None and (cfg.kto.desirable_weight < 0 or cfg.kto.undesirable_weight < 0):
+        raise ConfigError("kto.desirable_weight and kto.undesirable_weight must be >= 0")
+    if cfg.npo is not None and cfg.npo.retain_weight < 0:
+        raise ConfigError("npo.retain_weight must be >= 0")
+    if cfg.dro is not None and not cfg.dro.tau > 0:
+        raise ConfigError(f"dro.tau must be positive, got {cfg.dro.tau}")
 
 
 DPO_HPARAMS = ("beta", "label_smoothing", "delta", "nll_weight", "lam", "gamma", "alpha", "eta", "distance",

@@ -101,3 +101,23 @@ class PairBatch:
             ref_chosen=mv(self.ref_chosen),
             ref_rejected=mv(self.ref_rejected),
         )
+
+
+@dataclass
+class UnpairedBatch:
+    """B single completions with a desirable label (KTO, NPO) or a scalar reward (DRO)."""
+
+    seqs: LMBatch  # (B, T)
+    label: Tensor  # (B,) bool: True = desirable
+    reward: Tensor | None = None  # (B,) float, the `scored` format
+    ref: Tensor | None = None  # (B,) float, precomputed reference log-probs
+    rows: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.seqs.input_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> "UnpairedBatch":
+        def mv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(self, seqs=self.seqs.to(device), label=self.label.to(device), reward=mv(self.reward), ref=mv(self.ref))

@@ -60,8 +60,11 @@ def test_collate_pairs_common_length_and_labels():
 
 
 def test_collate_unpaired():
-    batch, labels = collate_unpaired([TokenizedUnpaired(seq([1, 2], [0, 1]), True, 1), TokenizedUnpaired(seq([1], [0]), False, 2)])
-    assert labels.tolist() == [True, False] and batch.input_ids.shape == (2, 2)
+    batch = collate_unpaired([TokenizedUnpaired(seq([1, 2], [0, 1]), True, 1), TokenizedUnpaired(seq([1], [0]), False, 2)])
+    assert batch.label.tolist() == [True, False] and batch.seqs.input_ids.shape == (2, 2) and batch.rows == [1, 2]
+    assert batch.reward is None and batch.ref is None
+    scored = collate_unpaired([TokenizedUnpaired(seq([1, 2], [0, 1]), True, 1, reward=0.5, ref=-2.0)])
+    assert scored.reward.tolist() == [0.5] and scored.ref.tolist() == [-2.0]
 
 
 def test_pack_greedy_in_order():

@@ -52,6 +52,18 @@ def pref_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def unpaired_rows(n: int, seed: int = 0, scored: bool = False) -> list[dict]:
+    """Single completions from `pref_rows`: each pair gives a desirable and an undesirable row
+    (KTO's format), or rows with the gold reward as `reward` (DRO's scored format)."""
+    rows = []
+    for r in pref_rows((n + 1) // 2, seed):
+        for text, good in ((r["chosen"], True), (r["rejected"], False)):
+            row = {"prompt": r["prompt"], "completion": text}
+            row.update({"reward": float(gold_reward(text))} if scored else {"label": good})
+            rows.append(row)
+    return rows[:n]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _reference_cache(tmp_path_factory):
     """Precomputed reference log-probs go to a temporary cache, not ~/.cache."""

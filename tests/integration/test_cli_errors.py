@@ -391,7 +391,7 @@ def test_model_folder_without_config_json(tmp_path, capsys, no_tokenizer_load):
     assert_user_error(rc, err, str(folder), "config.json", out_dir=tmp_path / "run")
 
 
-@pytest.mark.parametrize("name,suggestion", [("dpo", None), ("sfft", "sft"), ("reward", "reward_model")])
+@pytest.mark.parametrize("name,suggestion", [("qlearning", None), ("sfft", "sft"), ("reward", "reward_model"), ("dpoo", "dpo")])
 def test_unknown_algorithm(tmp_path, tiny_dir, capsys, no_tokenizer_load, name, suggestion):
     data = write_jsonl(tmp_path / "d.jsonl", sft_rows(8))
     rc, _, err = train(capsys, write_cfg(tmp_path, tiny_dir, data, algorithm=name))

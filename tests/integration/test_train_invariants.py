@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from conftest import pref_rows, sft_rows, write_jsonl
+from conftest import pref_rows, sft_rows, unpaired_rows, write_jsonl
 from rlhflab.algorithms import get_algorithm
 from rlhflab.algorithms.base import StepOutput, TrainContext
 from rlhflab.data import load_examples, tokenize_examples
@@ -46,6 +46,9 @@ ACCUMULATION_CASES = {
     "tdpo-sequential-kl": ("dpo", pref_rows, {"dpo": {"loss": "tdpo"}}),
     "dpo+sft-format-masked": ("dpo", pref_rows, {"dpo": {"loss": ["dpo", "sft"], "loss_weights": [1.0, 0.3],
                                                          "mask_format_tokens": True}}),
+    "kto-step-reference-point": ("kto", unpaired_rows, {}),
+    "npo": ("npo", lambda n: [r for r in unpaired_rows(2 * n) if not r["label"]], {}),
+    "dro-policy-and-value": ("dro", lambda n: unpaired_rows(n, scored=True), {}),
 }
 
 

@@ -6,9 +6,10 @@ from rlhflab.algorithms.base import Algorithm, StepOutput
 from rlhflab.algorithms.dpo import DPO
 from rlhflab.algorithms.reward_model import RewardModel
 from rlhflab.algorithms.sft import SFT
+from rlhflab.algorithms.unpaired import DRO, KTO, NPO
 from rlhflab.config import RunConfig
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SFT, RewardModel, DPO)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (SFT, RewardModel, DPO, KTO, NPO, DRO)}
 
 
 def get_algorithm(cfg: RunConfig) -> Algorithm:

@@ -23,6 +23,10 @@ from rlhflab.losses.preference import PAIRWISE, PairLogps, hparams_of
 from rlhflab.types import LMBatch, PairBatch
 
 
+_COMMON = ("chosen_reward", "rejected_reward", "margin", "accuracy")
+"""Per-loss metrics the trainer logs once for all losses (reward/chosen, ...)."""
+
+
 def concat_sides(batch: PairBatch) -> LMBatch:
     """Chosen rows then rejected rows: one (2B, T) batch."""
     c, r = batch.chosen, batch.rejected
@@ -137,20 +141,10 @@ class DPO(Algorithm):
     def _precompute(self, model: torch.nn.Module, items: list[Any], ident: str, ctx: TrainContext, split: str) -> None:
         from rlhflab.models import resolve_model_path
 
-        def seqs():
-            for it in items:
-                for side in (it.chosen, it.rejected):
-                    yield side.input_ids, self._mask_list(side)
-
-        key = [refcache.model_identity(resolve_model_path(ident)), refcache.sequences_digest(seqs()),
-               f"dtype={self.cfg.dtype}", "kind=pair-sums-v1"]
-        path = refcache.cache_path(key)
-
-        def compute() -> Tensor:
-            return refcache.run_batches(items, ctx.micro_batch_size, lambda part: self._ref_pair_logps(model, part, ctx.device),
-                                        f"reference log-probs ({split})", ctx.console)
-
-        logps, cached = refcache.load_or_compute(path, len(items), compute, ctx.console)
+        logps, cached = refcache.precompute(
+            items, lambda it: (it.chosen, it.rejected), self._mask_list,
+            lambda part: self._ref_pair_logps(model, part, ctx.device), resolve_model_path(ident),
+            f"dtype={self.cfg.dtype}|kind=pair-sums-v1", ctx, split)
         for it, (c, r) in zip(items, logps.tolist()):
             it.ref = (c, r)
         self.extra[f"reference_{split}_cached"] = cached
@@ -216,7 +210,7 @@ class DPO(Algorithm):
             loss, m = PAIRWISE[name](p, **hp)
             total = total + weight * loss
             metrics[f"loss/{name}"] = loss.detach()
-            metrics.update({f"{name}/{k}": v.detach().expand_as(p.chosen) for k, v in m.items()})
+            metrics.update({f"{name}/{k}": v.detach().expand_as(p.chosen) for k, v in m.items() if k not in _COMMON})
         c, r = p.chosen.detach(), p.rejected.detach()
         lc, lr = p.chosen_len.clamp(min=1), p.rejected_len.clamp(min=1)
         if p.ref_chosen is not None:

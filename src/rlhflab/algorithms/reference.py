@@ -100,5 +100,14 @@ def run_batches(items: Sequence[Any], micro_batch_size: int, fn: Callable[[Seque
     return torch.cat(out)
 
 
-def seq_pairs(seqs: Iterable[TokenizedSeq]) -> Iterable[tuple[list[int], list[bool]]]:
-    return ((s.input_ids, s.loss_mask) for s in seqs)
+def precompute(items: Sequence[Any], sides: Callable[[Any], Sequence[TokenizedSeq]],
+               mask_of: Callable[[TokenizedSeq], Sequence[bool]], score: Callable[[Sequence[Any]], torch.Tensor],
+               model_path: str | os.PathLike, tag: str, ctx: Any, split: str) -> tuple[torch.Tensor, bool]:
+    """Reference log-probs (N, k) of `items`, from the cache or by `score` over micro-batches.
+
+    `sides(item)` are the item's scored sequences and `mask_of(seq)` their scored-token masks
+    (both enter the cache key with the reference model's identity and `tag`)."""
+    digest = sequences_digest((s.input_ids, mask_of(s)) for it in items for s in sides(it))
+    path = cache_path([model_identity(model_path), digest, tag])
+    return load_or_compute(path, len(items), lambda: run_batches(
+        items, ctx.micro_batch_size, score, f"reference log-probs ({split})", ctx.console), ctx.console)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rlhflab.errors import UserError
-from rlhflab.types import LMBatch, PairBatch, TokenizedPair, TokenizedSeq
+from rlhflab.types import LMBatch, PairBatch, TokenizedPair, TokenizedSeq, UnpairedBatch
 
 
 def pad_id_of(tokenizer: Any) -> int:
@@ -74,9 +74,15 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> PairBatch:
     return batch
 
 
-def collate_unpaired(items: Sequence[Any], pad_id: int = 0) -> tuple[LMBatch, Tensor]:
-    """TokenizedUnpaired items -> (LMBatch, labels (B,) bool)."""
-    return collate_lm([it.seq for it in items], pad_id), torch.tensor([bool(it.label) for it in items])
+def collate_unpaired(items: Sequence[Any], pad_id: int = 0) -> UnpairedBatch:
+    """TokenizedUnpaired items -> UnpairedBatch; `reward` and `ref` are set when every item has them."""
+    batch = UnpairedBatch(collate_lm([it.seq for it in items], pad_id), torch.tensor([bool(it.label) for it in items]),
+                          rows=[it.row for it in items])
+    if all(it.reward is not None for it in items):
+        batch.reward = torch.tensor([it.reward for it in items], dtype=torch.float32)
+    if all(it.ref is not None for it in items):
+        batch.ref = torch.tensor([it.ref for it in items], dtype=torch.float32)
+    return batch
 
 
 # --------------------------------------------------------------------------- packing

@@ -175,7 +175,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
 def _item_tokens(item: Any) -> int:
     if hasattr(item, "chosen"):
         return len(item.chosen.input_ids) + len(item.rejected.input_ids)
-    return len(item.input_ids)
+    return len(item.seq.input_ids) if hasattr(item, "seq") else len(item.input_ids)
 
 
 def _summary(cfg: RunConfig, history: list[dict[str, Any]], initial_eval: dict[str, float],
