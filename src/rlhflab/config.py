@@ -29,7 +29,7 @@ class DataConfig:
     """When `eval` is None, hold out this fraction of `train` (chosen with `seed`) for evaluation."""
     format: str = "auto"
     """auto (detected from the columns) | messages | prompt_completion | pairwise | transcript |
-    unpaired | safety | prompt."""
+    unpaired | scored | safety | prompt."""
     max_length: int = 1024
     """Longest tokenized sequence (prompt + completion)."""
     max_prompt_length: int | None = None
@@ -460,8 +460,8 @@ def validate(cfg: RunConfig) -> None:
         section = getattr(cfg, key)
         if section is not None and not section.beta > 0:
             raise ConfigError(f"{key}.beta must be positive, got {section.beta}")
-    if cfg.kto is not None and (cfg.kto.desirable_weight < 0 or cfg.kto.undesirable_weight < 0):
-        raise ConfigError("kto.desirable_weight and kto.undesirable_weight must be >= 0")
+    if cfg.kto is not None and not (cfg.kto.desirable_weight > 0 and cfg.kto.undesirable_weight > 0):
+        raise ConfigError("kto.desirable_weight and kto.undesirable_weight must be positive")
     if cfg.npo is not None and cfg.npo.retain_weight < 0:
         raise ConfigError("npo.retain_weight must be >= 0")
     if cfg.dro is not None and not cfg.dro.tau > 0:

@@ -67,11 +67,12 @@ class _RefPolicyKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, ref_hidden: Tensor, ref_head: torch.nn.Module, rows: int) -> Tensor:
-        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 for float64 input
+        out = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
         with torch.no_grad():
             for s in range(0, logits.shape[0], rows):
-                lq = torch.log_softmax(ref_head(ref_hidden[s : s + rows]).float(), dim=-1)
-                lp = torch.log_softmax(logits[s : s + rows].float(), dim=-1)
+                lq = torch.log_softmax(ref_head(ref_hidden[s : s + rows]).to(acc), dim=-1)
+                lp = torch.log_softmax(logits[s : s + rows].to(acc), dim=-1)
                 out[s : s + rows] = (lq.exp() * (lq - lp)).sum(-1)
         ctx.save_for_backward(logits, ref_hidden)
         ctx.ref_head, ctx.rows = ref_head, rows
@@ -84,14 +85,16 @@ class _RefPolicyKL(torch.autograd.Function):
         rows = ctx.rows
         with torch.no_grad():
             for s in range(0, logits.shape[0], rows):
-                q = torch.softmax(ctx.ref_head(ref_hidden[s : s + rows]).float(), dim=-1)
-                p = torch.softmax(logits[s : s + rows].float(), dim=-1)
+                acc = torch.promote_types(logits.dtype, torch.float32)
+                q = torch.softmax(ctx.ref_head(ref_hidden[s : s + rows]).to(acc), dim=-1)
+                p = torch.softmax(logits[s : s + rows].to(acc), dim=-1)
                 grad[s : s + rows] = (grad_out[s : s + rows, None] * (p - q)).to(grad.dtype)
         return grad, None, None, None
 
 
 def ref_policy_kl(logits: Tensor, ref_hidden: Tensor, ref_head: torch.nn.Module, chunk_rows: int | None = None) -> Tensor:
-    """Per-token KL(reference || policy) (N,), differentiable in the policy `logits` (N, V).
+    """Per-token KL(reference || policy) (N,) in float32 (float64 for float64 logits),
+    differentiable in the policy `logits` (N, V).
 
     KL[n] = sum_v q_v (log q_v - log p_v) with p = softmax(logits[n]) and
     q = softmax(ref_head(ref_hidden[n])). The reference distribution is rebuilt from its hidden

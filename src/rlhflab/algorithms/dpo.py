@@ -95,6 +95,11 @@ class DPO(Algorithm):
 
     # ------------------------------------------------------------------ data and models
     def check_data(self, loaded: Any) -> None:
+        have = [("chosen_winrate" in ex.scores, "rejected_winrate" in ex.scores) for ex in loaded.examples]
+        if any(any(h) for h in have) and not all(all(h) for h in have):
+            ex = loaded.examples[next(i for i, h in enumerate(have) if not all(h))]
+            raise DataError(loaded.path, ex.row, "chosen_winrate", "some rows have win rates and this one lacks "
+                            "chosen_winrate or rejected_winrate", "give both win rates on every row, or on none")
         if not self.needs_rewards:
             return
         for ex in loaded.examples:
@@ -144,7 +149,7 @@ class DPO(Algorithm):
         logps, cached = refcache.precompute(
             items, lambda it: (it.chosen, it.rejected), self._mask_list,
             lambda part: self._ref_pair_logps(model, part, ctx.device), resolve_model_path(ident),
-            f"dtype={self.cfg.dtype}|kind=pair-sums-v1", ctx, split)
+            f"dtype={self.cfg.dtype}|device={ctx.device.type}|kind=pair-sums-v1", ctx, split)
         for it, (c, r) in zip(items, logps.tolist()):
             it.ref = (c, r)
         self.extra[f"reference_{split}_cached"] = cached
@@ -192,7 +197,7 @@ class DPO(Algorithm):
             p.ref_chosen, p.ref_rejected = batch.ref_chosen, batch.ref_rejected
         elif self.mode != "none":
             with reference_context(model, self.ref_model) as ref:
-                ref_logp, ref_tok = sequence_logps(ref, both)
+                ref_logp, ref_tok = sequence_logps(ref, both, materialize=not self.needs_kl)
             p.ref_chosen, p.ref_rejected = ref_logp[:B], ref_logp[B:]
             if self.needs_kl:
                 kl = tok.sums(_token_kl(tok, ref_tok), 2 * B)
@@ -260,10 +265,11 @@ class DPO(Algorithm):
 
     def check_history(self, history: list[dict[str, Any]]) -> list[str]:
         w = self.d.chosen_logp_warn_steps
-        if not w or len(history) < w:
+        if not w or len(history) < w or getattr(self, "_warned_chosen", False):
             return []
         values = [h["logp/chosen_per_token"] for h in history[-w:] if "logp/chosen_per_token" in h]
         if len(values) == w and falling_trend(values, 0.1):
+            self._warned_chosen = True
             return [f"the chosen responses' log-prob per token fell steadily over the last {w} steps "
                     f"({values[0]:.3f} -> {values[-1]:.3f}): the policy is lowering the likelihood of the "
                     "preferred answers, a known DPO failure mode. Consider dpo.loss: dpop, dpo_nll, or a lower lr."]
@@ -282,7 +288,8 @@ def _token_kl(tok: Any, ref_tok: Any) -> Tensor:
     """Per-token KL(reference || policy) (N,), differentiable in the policy's logits."""
     from rlhflab.ops import ref_policy_kl
 
-    if ref_tok.hidden is not None and not hasattr(ref_tok.head, "lora_A"):
+    if ref_tok.logits is None and not hasattr(ref_tok.head, "lora_A"):
         return ref_policy_kl(tok.logits, ref_tok.hidden, ref_tok.head)
-    lq = torch.log_softmax(ref_tok.logits.float(), dim=-1)  # fallback: both (N, V) tensors at once
+    ref_logits = ref_tok.logits if ref_tok.logits is not None else ref_tok.head(ref_tok.hidden)
+    lq = torch.log_softmax(ref_logits.float(), dim=-1)  # fallback: both (N, V) tensors at once
     return (lq.exp() * (lq - torch.log_softmax(tok.logits.float(), dim=-1))).sum(-1)

@@ -100,10 +100,12 @@ class _Unpaired(Algorithm):
                 logps, cached = refcache.precompute(
                     part, lambda it: (it.seq,), lambda s: s.loss_mask,
                     lambda chunk: self._reference_logps(policy, self.collate(chunk, with_ref=False).seqs.to(ctx.device), True),
-                    path, f"dtype={self.cfg.dtype}|kind=seq-sums-v1", ctx, split)
+                    path, f"dtype={self.cfg.dtype}|device={ctx.device.type}|kind=seq-sums-v1", ctx, split)
                 for it, v in zip(part, logps.tolist()):
                     it.ref = v
                 self.extra[f"reference_{split}_cached"] = cached
+        if not self.needs_online_reference:
+            self.ref_model = None  # every reference log-prob is precomputed
 
     needs_online_reference = False
     """Whether the step needs a reference forward even with precomputed data log-probs (KTO's z0)."""

@@ -31,7 +31,7 @@ def kto_reference_point(mismatched_logp: Tensor, mismatched_ref_logp: Tensor) ->
     with prompts they do not answer: the trainer pairs prompt i with completion (i + 1) mod B
     (B = the step's examples), runs the policy and the reference on those pairs without gradient,
     and calls this function once with the log-probs of all mismatched pairs of the optimizer step
-    (all micro-batches, all ranks gathered). The paper and its reference code (HALOs) estimate it
+    (all micro-batches of the step). The paper and its reference code (HALOs) estimate it
     per (global) micro-batch; rlhflab uses the whole step so that accumulation 1x8 equals 8x1.
     The estimate is biased (a mean of log ratios, clamped at 0) and never back-propagated.
 
@@ -134,8 +134,8 @@ def npo(logp: Tensor, ref_logp: Tensor, beta: float = 0.1) -> tuple[Tensor, dict
     gradient-ascent loss on the log-likelihood (up to the constant log pi_ref), with weight 1; the
     loss is bounded below by 0 for any beta > 0. The authors' code computes the same quantity
     (-logsigmoid(beta (nll - nll_ref)) * 2 / beta). The paper's NPO+RT / NPO+KL variants add a
-    retain-set term (NLL or KL on retain data); it is not part of this loss (use `sft_loss` on the
-    retain batch and add it in the loop).
+    retain-set term (NLL or KL on retain data); it is not part of this loss (the npo trainer adds
+    NPO+RT's per-token NLL on desirable rows with `npo.retain_weight`).
 
     Example: beta = 1: h = 1 gives 2 log(1 + e) = 2.6265234; h = -1 gives 2 log(1 + 1/e) =
     0.6265234; h = 0 gives (2 / beta) log 2 for any beta.

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -57,30 +59,65 @@ def _split(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     return decoder, head
 
 
-def completion_logits(model: nn.Module, batch: LMBatch, mask: Tensor | None = None) -> ScoredTokens:
+_SPLIT_VERIFIED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _verified_split(model: nn.Module, batch: LMBatch) -> tuple[nn.Module, nn.Module] | None:
+    """`_split(model)`, checked once per model against the full forward on a real batch: a head
+    that scales or caps its logits in a way `_split` does not know (e.g. Granite's
+    `logits_scaling`) makes the two disagree, and the model then always takes the full forward."""
+    parts = _split(model)
+    if parts is None:
+        return None
+    ok = _SPLIT_VERIFIED.get(model)
+    if ok is None:
+        with torch.no_grad():
+            n = min(2, batch.input_ids.shape[0])
+            small = LMBatch(batch.input_ids[:n], batch.attention_mask[:n], batch.loss_mask[:n])
+            full = forward_logits(model, small)[:, :-1][small.attention_mask[:, 1:].bool()].float()
+            hidden = parts[0](**model_inputs(model, small)).last_hidden_state
+            split = parts[1](hidden[:, :-1][small.attention_mask[:, 1:].bool()]).float()
+            ok = bool(torch.allclose(full, split, atol=1e-3, rtol=1e-3))
+        _SPLIT_VERIFIED[model] = ok
+    return parts if ok else None
+
+
+def completion_logits(model: nn.Module, batch: LMBatch, mask: Tensor | None = None,
+                      materialize: bool = True) -> ScoredTokens:
     """Logits of the tokens where `mask` (default `batch.loss_mask`) is True.
 
     mask[b, t] marks token input_ids[b, t] as scored; it is predicted from position t-1, so
-    mask[:, 0] must be False.
+    mask[:, 0] must be False. With `materialize=False` (and the split path) the logits are left
+    to be computed from `hidden` by the caller, a chunk at a time.
     """
     mask = batch.loss_mask if mask is None else mask
     sel = mask[:, 1:]  # (B, T-1): position t-1 predicts token t
     targets = batch.input_ids[:, 1:][sel]  # (N,)
     seq = torch.arange(batch.input_ids.shape[0], device=sel.device)[:, None].expand_as(sel)[sel]
-    parts = _split(model)
+    parts = _verified_split(model, batch)
     if parts is None:
         logits = forward_logits(model, batch)[:, :-1][sel]  # (N, V)
         return ScoredTokens(logits, targets, seq, None, None)
     decoder, head = parts
     hidden = decoder(**model_inputs(model, batch)).last_hidden_state  # (B, T, H)
     h = hidden[:, :-1][sel]  # (N, H)
-    return ScoredTokens(head(h), targets, seq, h, head)
+    return ScoredTokens(head(h) if materialize else None, targets, seq, h, head)
 
 
-def sequence_logps(model: nn.Module, batch: LMBatch, mask: Tensor | None = None) -> tuple[Tensor, ScoredTokens]:
-    """Summed log-probabilities (B,) float32 of each sequence's scored tokens, and the tokens."""
-    tok = completion_logits(model, batch, mask)
-    return tok.sums(logps_of_targets(tok.logits, tok.targets), batch.input_ids.shape[0]), tok
+def sequence_logps(model: nn.Module, batch: LMBatch, mask: Tensor | None = None,
+                   materialize: bool = True) -> tuple[Tensor, ScoredTokens]:
+    """Summed log-probabilities (B,) float32 of each sequence's scored tokens, and the tokens.
+
+    `materialize=False` (for a no-grad reference pass) computes the head a chunk of rows at a
+    time and keeps no (N, V) logits in the returned tokens."""
+    tok = completion_logits(model, batch, mask, materialize=materialize)
+    if tok.logits is None:
+        rows = max(1, (64 * 1024 * 1024) // (4 * max(1, tok.head.out_features if hasattr(tok.head, "out_features") else 1)))
+        lp = torch.cat([logps_of_targets(tok.head(tok.hidden[s:s + rows]), tok.targets[s:s + rows])
+                        for s in range(0, tok.targets.shape[0], rows)]) if tok.targets.numel() else tok.hidden.new_zeros(0)
+    else:
+        lp = logps_of_targets(tok.logits, tok.targets)
+    return tok.sums(lp.float(), batch.input_ids.shape[0]), tok
 
 
 @contextmanager

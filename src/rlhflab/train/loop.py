@@ -54,7 +54,7 @@ class LoopState:
     warnings: list[str] = field(default_factory=list)
 
 
-def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda" and cfg.dtype in ("auto", "bfloat16", "float16"):
         dtype = torch.float16 if cfg.dtype == "float16" else torch.bfloat16
         return torch.autocast("cuda", dtype=dtype)
@@ -103,12 +103,12 @@ class Loop:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         batches = [b.to(self.device) for b in batches]
-        with _autocast(self.cfg, self.device):
+        with autocast(self.cfg, self.device):
             self.algo.begin_step(self.model, batches)
         loss_total, metric_sums, tokens = 0.0, {}, 0
         problem = None
         for batch in batches:
-            with _autocast(self.cfg, self.device):
+            with autocast(self.cfg, self.device):
                 out = self.algo.loss(self.model, batch)
             if not torch.isfinite(out.loss_sum):
                 problem = f"non-finite loss ({float(out.loss_sum.detach())}) in micro-batch with rows {getattr(batch, 'rows', [])}"
@@ -157,7 +157,7 @@ class Loop:
         if not self.eval_items:
             return {}
         self.model.eval()
-        with torch.no_grad(), _autocast(self.cfg, self.device):
+        with torch.no_grad(), autocast(self.cfg, self.device):
             result = self.algo.evaluate(self.model, self.eval_items, self.cfg.micro_batch_size)
         return {f"eval/{k}": v for k, v in result.items()}
 
@@ -205,4 +205,6 @@ def _count_tokens(batch: Any) -> int:
         return int(batch.attention_mask.bool().sum())
     if hasattr(batch, "chosen"):
         return _count_tokens(batch.chosen) + _count_tokens(batch.rejected)
+    if hasattr(batch, "seqs"):
+        return _count_tokens(batch.seqs)
     return 0

@@ -82,16 +82,22 @@ def _split_eval(examples: list[Any], fraction: float, seed: int) -> tuple[list[A
     return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
 
 
-def load_data(cfg: RunConfig, algo_kind: str, console: Console) -> tuple[Any, list[Any], list[Any] | None]:
-    """Read and validate the rows (no tokenizer yet). Returns (train info, train examples, eval examples)."""
+def load_data(cfg: RunConfig, algo_kind: str, console: Console,
+              check: Any = None) -> tuple[Any, list[Any], list[Any] | None]:
+    """Read and validate the rows (no tokenizer yet); `check(loaded)` runs on the train and the eval
+    file. Returns (train info, train examples, eval examples)."""
     from rlhflab.data import load_examples
 
     train = load_examples(cfg.data.train, algo_kind, cfg.data.format)
+    if check is not None:
+        check(train)
     for w in train.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     examples, eval_examples = train.examples, None
     if cfg.data.eval:
         ev = load_examples(cfg.data.eval, algo_kind, cfg.data.format)
+        if check is not None:
+            check(ev)
         for w in ev.warnings:
             console.print(f"[yellow]warning:[/] {w}")
         eval_examples = ev.examples
@@ -106,8 +112,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     t_start = time.perf_counter()
     plan = BatchPlan.build(cfg.batch_size, cfg.micro_batch_size)
     algo = get_algorithm(cfg)
-    train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console)
-    algo.check_data(train_info)
+    train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console, check=algo.check_data)
     out, resume_ckpt = _check_out_dir(cfg)
 
     from rlhflab.data import tokenize_examples
@@ -146,7 +151,10 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     from rlhflab.algorithms.base import TrainContext
 
     t_ref = time.perf_counter()
-    algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size))
+    from rlhflab.train.loop import autocast
+
+    with autocast(cfg, device):  # the reference pass computes in the training precision
+        algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size))
     prep_seconds = time.perf_counter() - t_ref
     loop = Loop(cfg, algo, model, items, eval_items, out, device, console)
     initial_eval: dict[str, float] = {}

@@ -1,0 +1,89 @@
+"""The LM-head-on-scored-tokens path equals the full forward; the chunked sequential KL equals
+the direct formula in value and gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhflab.models.forward import forward_logits
+from rlhflab.models.logps import _split, completion_logits, reference_context, sequence_logps
+from rlhflab.ops import masked_sum, policy_ref_kl, ref_policy_kl, token_logps
+from rlhflab.testing import tiny_causal_lm
+from rlhflab.types import LMBatch
+
+
+def _batch(vocab: int = 64) -> LMBatch:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (3, 9), generator=g)
+    lengths = torch.tensor([9, 6, 4])
+    attn = (torch.arange(9)[None] < lengths[:, None]).long()
+    loss = attn.bool() & (torch.arange(9)[None] >= torch.tensor([3, 2, 1])[:, None])
+    return LMBatch(ids, attn, loss)
+
+
+def _full_path(model, batch):
+    return masked_sum(token_logps(forward_logits(model, batch), batch.input_ids), batch.loss_mask, dim=1)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_split_head_path_equals_full_forward(lora):
+    model = tiny_causal_lm(vocab_size=64, seed=1)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    assert _split(model) is not None
+    batch = _batch()
+    fast, tok = sequence_logps(model, batch)
+    assert tok.logits.shape == (int(batch.loss_mask.sum()), 64)  # the head ran on scored tokens only
+    torch.testing.assert_close(fast, _full_path(model, batch), atol=1e-5, rtol=1e-5)
+    fast.sum().backward()
+    g_fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    _full_path(model, batch).sum().backward()
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(g_fast[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    if lora:  # the adapter-disabled reference is the base model
+        with reference_context(model, None) as ref:
+            ref_fast, _ = sequence_logps(ref, batch)
+        with model.disable_adapter(), torch.no_grad():
+            torch.testing.assert_close(ref_fast, _full_path(model.get_base_model(), batch), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ref_fast, fast.detach(), atol=1e-3)
+
+
+def test_fallback_when_the_head_is_not_plain_linear():
+    model = tiny_causal_lm(vocab_size=64, seed=2)
+    model.config.final_logit_softcapping = 30.0  # as Gemma 2 does: the split path must not be used
+    assert _split(model) is None
+    batch = _batch()
+    tok = completion_logits(model, batch)
+    assert tok.hidden is None
+    logits = forward_logits(model, batch)[:, :-1][batch.loss_mask[:, 1:]]
+    torch.testing.assert_close(tok.logits, logits)
+
+
+def test_ref_policy_kl_value_and_gradient_match_the_direct_formula():
+    torch.manual_seed(0)
+    N, H, V = 7, 5, 11
+    head = torch.nn.Linear(H, V, bias=False).double()
+    hidden = torch.randn(N, H, dtype=torch.float64)
+    logits = torch.randn(N, V, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(N, dtype=torch.float64)
+    kl = ref_policy_kl(logits, hidden, head, chunk_rows=3)  # chunks of 3, 3, 1 rows
+    lq = torch.log_softmax(head(hidden), -1).detach()
+    direct = (lq.exp() * (lq - torch.log_softmax(logits, -1))).sum(-1)
+    torch.testing.assert_close(kl.double(), direct, atol=1e-6, rtol=0)
+    (kl.double() * g).sum().backward()
+    grad_fast = logits.grad.clone()
+    logits.grad = None
+    (direct * g).sum().backward()
+    torch.testing.assert_close(grad_fast, logits.grad, atol=1e-6, rtol=0)
+    assert torch.autograd.gradcheck(lambda x: ref_policy_kl(x, hidden, head, chunk_rows=2).double(), (logits,),
+                                    atol=1e-4, eps=1e-6)
+    # identical distributions: zero KL both ways; KL >= 0
+    same = head(hidden).detach()
+    assert ref_policy_kl(same, hidden, head).abs().max() < 1e-6
+    assert policy_ref_kl(same, same).abs().max() < 1e-6
+    assert (policy_ref_kl(logits.detach(), same) >= -1e-7).all()
