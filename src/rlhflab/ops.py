@@ -43,6 +43,11 @@ def token_logps(logits: Tensor, input_ids: Tensor) -> Tensor:
     return out
 
 
+def rows_per_chunk(vocab_size: int, bytes_per_element: int = 4) -> int:
+    """Rows per chunk of (rows, V) work: _LOGP_CHUNK_ELEMENTS // (bytes_per_element * V), at least 1."""
+    return max(1, _LOGP_CHUNK_ELEMENTS // (bytes_per_element * max(1, vocab_size)))
+
+
 def logps_of_targets(logits: Tensor, targets: Tensor) -> Tensor:
     """log softmax(logits[n])[targets[n]] for flattened rows: logits (N, V), targets (N,) -> (N,) float32.
 
@@ -101,7 +106,7 @@ def ref_policy_kl(logits: Tensor, ref_hidden: Tensor, ref_head: torch.nn.Module,
     states (N, H) a chunk at a time in forward and backward, so no second (N, V) tensor lives
     beside the policy's logits (TDPO's sequential KL, arXiv 2404.11999).
     """
-    rows = chunk_rows or max(1, _LOGP_CHUNK_ELEMENTS // (4 * max(1, logits.shape[-1])))
+    rows = chunk_rows or rows_per_chunk(logits.shape[-1])
     return _RefPolicyKL.apply(logits, ref_hidden.detach(), ref_head, rows)
 
 

@@ -111,19 +111,13 @@ class DPO(Algorithm):
     def setup(self, tokenizer: Any) -> None:
         super().setup(tokenizer)
         if self.d.mask_format_tokens:
-            self.format_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+            self.format_set = set(tokenizer.all_special_ids)
+            self.format_ids = torch.tensor(sorted(self.format_set), dtype=torch.long)
 
     def load_model(self, path: str, device: torch.device) -> torch.nn.Module:
         from rlhflab.models import load_causal_lm
 
         return load_causal_lm(path, device=device, trust_remote_code=self.cfg.trust_remote_code, lora=self.cfg.lora)
-
-    def _load_ref_model(self, device: torch.device) -> torch.nn.Module:
-        from rlhflab.models import load_causal_lm, resolve_model_path
-
-        ref = load_causal_lm(str(resolve_model_path(self.cfg.ref_model)), device=device,
-                             trust_remote_code=self.cfg.trust_remote_code)
-        return ref.requires_grad_(False).eval()
 
     def before_training(self, model: torch.nn.Module, items: list[Any], eval_items: list[Any] | None,
                         ctx: TrainContext) -> None:
@@ -132,7 +126,7 @@ class DPO(Algorithm):
         if self.mode == "none":
             return
         if self.cfg.ref_model is not None:
-            self.ref_model = self._load_ref_model(ctx.device)
+            self.ref_model = refcache.load_reference_model(self.cfg, ctx.device)
         elif not is_peft(model) and (self.mode == "online" or (self.d.eval_kl and eval_items)):
             self.ref_model = frozen_copy(model)
         if self.mode == "precompute":
@@ -157,14 +151,11 @@ class DPO(Algorithm):
     def _mask_list(self, seq: Any) -> list[bool]:
         if self.format_ids is None:
             return seq.loss_mask
-        special = set(self.format_ids.tolist())
-        return [m and t not in special for m, t in zip(seq.loss_mask, seq.input_ids)]
+        return [m and t not in self.format_set for m, t in zip(seq.loss_mask, seq.input_ids)]
 
     def _ref_pair_logps(self, model: torch.nn.Module, part: list[Any], device: torch.device) -> Tensor:
         from rlhflab.models.logps import reference_context, sequence_logps
 
-        for it in part:
-            it.ref = None  # the batch must be scored, not read back
         both = concat_sides(self.collate(part).to(device))
         with reference_context(model, self.ref_model, initial_policy_ok=True) as ref:
             logp, _ = sequence_logps(ref, both)

@@ -111,3 +111,11 @@ def precompute(items: Sequence[Any], sides: Callable[[Any], Sequence[TokenizedSe
     path = cache_path([model_identity(model_path), digest, tag])
     return load_or_compute(path, len(items), lambda: run_batches(
         items, ctx.micro_batch_size, score, f"reference log-probs ({split})", ctx.console), ctx.console)
+
+
+def load_reference_model(cfg: Any, device: torch.device) -> torch.nn.Module:
+    """The frozen `ref_model` of the config (a causal LM in eval mode without gradients)."""
+    from rlhflab.models import load_causal_lm, resolve_model_path
+
+    ref = load_causal_lm(str(resolve_model_path(cfg.ref_model)), device=device, trust_remote_code=cfg.trust_remote_code)
+    return ref.requires_grad_(False).eval()

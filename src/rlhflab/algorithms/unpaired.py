@@ -84,12 +84,11 @@ class _Unpaired(Algorithm):
         return load_causal_lm(path, device=device, trust_remote_code=self.cfg.trust_remote_code, lora=self.cfg.lora)
 
     def before_training(self, model: nn.Module, items: list[Any], eval_items: list[Any] | None, ctx: TrainContext) -> None:
-        from rlhflab.models import frozen_copy, is_peft, load_causal_lm, resolve_model_path
+        from rlhflab.models import frozen_copy, is_peft, resolve_model_path
 
         policy = self.policy(model)
         if self.cfg.ref_model is not None:
-            self.ref_model = load_causal_lm(str(resolve_model_path(self.cfg.ref_model)), device=ctx.device,
-                                            trust_remote_code=self.cfg.trust_remote_code).requires_grad_(False).eval()
+            self.ref_model = refcache.load_reference_model(self.cfg, ctx.device)
         elif not is_peft(policy) and (not self.precomputed or self.needs_online_reference):
             self.ref_model = frozen_copy(policy)
         if not self.precomputed:
@@ -99,7 +98,7 @@ class _Unpaired(Algorithm):
             if part:
                 logps, cached = refcache.precompute(
                     part, lambda it: (it.seq,), lambda s: s.loss_mask,
-                    lambda chunk: self._reference_logps(policy, self.collate(chunk, with_ref=False).seqs.to(ctx.device), True),
+                    lambda chunk: self._reference_logps(policy, self.collate(chunk).seqs.to(ctx.device), True),
                     path, f"dtype={self.cfg.dtype}|device={ctx.device.type}|kind=seq-sums-v1", ctx, split)
                 for it, v in zip(part, logps.tolist()):
                     it.ref = v
@@ -116,13 +115,10 @@ class _Unpaired(Algorithm):
         with reference_context(policy, self.ref_model, initial_policy_ok=initial) as ref:
             return sequence_logps(ref, seqs)[0]
 
-    def collate(self, items: list[Any], with_ref: bool = True) -> UnpairedBatch:
+    def collate(self, items: list[Any]) -> UnpairedBatch:
         from rlhflab.data import collate_unpaired
 
-        batch = collate_unpaired(items, self.pad_id)
-        if not with_ref:
-            batch.ref = None
-        return batch
+        return collate_unpaired(items, self.pad_id)
 
     def units(self, batch: UnpairedBatch) -> int:
         return len(batch)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rlhflab.models.forward import forward_logits, model_inputs
 from rlhflab.models.load import is_peft, reference_mode
-from rlhflab.ops import logps_of_targets
+from rlhflab.ops import logps_of_targets, rows_per_chunk
 from rlhflab.types import LMBatch
 
 
@@ -112,7 +112,7 @@ def sequence_logps(model: nn.Module, batch: LMBatch, mask: Tensor | None = None,
     time and keeps no (N, V) logits in the returned tokens."""
     tok = completion_logits(model, batch, mask, materialize=materialize)
     if tok.logits is None:
-        rows = max(1, (64 * 1024 * 1024) // (4 * max(1, tok.head.out_features if hasattr(tok.head, "out_features") else 1)))
+        rows = rows_per_chunk(getattr(tok.head, "out_features", 1))
         lp = torch.cat([logps_of_targets(tok.head(tok.hidden[s:s + rows]), tok.targets[s:s + rows])
                         for s in range(0, tok.targets.shape[0], rows)]) if tok.targets.numel() else tok.hidden.new_zeros(0)
     else:
