@@ -127,3 +127,21 @@ def test_shared_prefix_logps_equal_the_full_forward():
     for a, b in zip(g_full, g_shared):
         if a is not None:
             assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("min_shared", [4, 1000])
+def test_next_token_logits_with_a_shared_prefix_equal_the_plain_forward(min_shared):
+    """A common prefix run once on the KV cache (min_shared=4) or not at all (1000) gives the
+    plain forward's logits at each row's last token, rows of different lengths included."""
+    from rlhflab.models.logps import next_token_logits
+    from rlhflab.testing import tiny_causal_lm
+
+    model = tiny_causal_lm(vocab_size=64, seed=5)
+    prefix = [5, 9, 11, 3, 7, 8]
+    seqs = [prefix + [1, 2, 3], prefix + [4], prefix + [9, 9, 9, 9, 9, 1]]
+    got = next_token_logits(model, seqs, min_shared=min_shared)
+    with torch.no_grad():
+        want = torch.stack([model(torch.tensor([s])).logits[0, -1].float() for s in seqs])
+        want3 = torch.stack([model(torch.tensor([s])).logits[0, -3:].float() for s in seqs])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(next_token_logits(model, seqs, min_shared=min_shared, last=3), want3, atol=1e-5, rtol=1e-5)

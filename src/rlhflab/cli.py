@@ -91,6 +91,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from rlhflab.feedback.label import LabelConfig, print_summary, run_label
+    from rlhflab.rewards.judge_config import judge_from_cli
+
+    judge = judge_from_cli(args.judge_config, args.model, model=args.judge_model, mode=args.judge_mode,
+                           rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
+    cfg = LabelConfig(model=args.model, data=args.data, out=args.out, judge=judge, k=args.k,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      seed=args.seed, min_gap=args.min_gap, batch_size=args.batch_size, limit=args.limit,
+                      overwrite=args.overwrite)
+    console = _console()
+    _quiet_libraries()
+    print_summary(run_label(cfg, console), cfg, console)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rlhflab.eval.compare import CompareConfig, print_result, run_compare
+    from rlhflab.rewards.judge_config import judge_from_cli
+
+    judge = judge_from_cli(args.judge_config, args.model_b, model=args.judge_model, mode=None,
+                           rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
+    cfg = CompareConfig(model_a=args.model_a, model_b=args.model_b, data=args.data, judge=judge, out=args.out,
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                        limit=args.limit, batch_size=args.batch_size)
+    console = _console()
+    _quiet_libraries()
+    print_result(run_compare(cfg, console), console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
@@ -146,6 +177,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-reward", type=float, default=None, help="best_of_n: drop prompts whose best reward is lower")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_sample)
+
+    from rlhflab.rbr_cli import add_parser as add_rbr_parser
+
+    add_rbr_parser(sub)  # rlhflab rbr fit
+
+    from rlhflab.feedback.constitutional_cli import add_parser as add_cai_parser
+
+    add_cai_parser(sub)  # rlhflab cai sl | rl
+
+    p = sub.add_parser("label", help="sample k responses per prompt, judge them with an LLM judge, write preference "
+                                     "pairs (docs/judges.md)")
+    p.add_argument("--model", required=True, help="the policy: a local Hugging Face folder or smollm2-135m")
+    p.add_argument("--data", required=True, help="prompts (JSONL, JSON, Parquet, CSV, datasets folder)")
+    p.add_argument("--out", required=True, help="the pairwise .jsonl file to write")
+    p.add_argument("--judge-model", default=None, help="the judge model (default: the policy's own)")
+    p.add_argument("--judge-mode", choices=("pointwise", "pairwise"), default=None,
+                   help="pointwise scores or pairwise comparisons (default: pairwise)")
+    p.add_argument("--judge-config", metavar="FILE.yaml", default=None,
+                   help="judge settings as YAML (any field of the judge section: template, scale, labels, ...)")
+    p.add_argument("--rationale", action="store_true", default=None, help="the judge writes a rationale first")
+    p.add_argument("--no-swap", action="store_true", help="pairwise: judge one order only (no position check)")
+    p.add_argument("--judge-cache", metavar="FILE.jsonl", default=None, help="cache verdicts across runs")
+    p.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
+    p.add_argument("--min-gap", type=float, default=0.0, help="keep pairs the judge separates by at least this")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences generated together")
+    p.add_argument("--limit", type=int, default=None, help="label only the first N prompts")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("compare", help="an LLM judge's win rate of model A over model B on prompts, with a 95%% "
+                                       "bootstrap interval (docs/judges.md)")
+    p.add_argument("--model-a", required=True, help="the candidate model (folder or smollm2-135m)")
+    p.add_argument("--model-b", required=True, help="the baseline model")
+    p.add_argument("--data", required=True, help="held-out prompts")
+    p.add_argument("--out", required=True, help="folder for compare.json and verdicts.jsonl")
+    p.add_argument("--judge-model", default=None, help="the judge (default: model B)")
+    p.add_argument("--judge-config", metavar="FILE.yaml", default=None, help="judge settings as YAML (pairwise)")
+    p.add_argument("--rationale", action="store_true", default=None, help="the judge writes a rationale first")
+    p.add_argument("--no-swap", action="store_true", help="judge one order only")
+    p.add_argument("--judge-cache", metavar="FILE.jsonl", default=None, help="cache verdicts across runs")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy answers (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_compare)
+
+    from rlhflab.ensemble_cli import add_parser as add_ensemble_parser
+
+    add_ensemble_parser(sub)  # rlhflab ensemble train | calibrate | score
     return parser
 
 

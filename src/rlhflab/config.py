@@ -17,15 +17,19 @@ from typing import Any, Literal
 import yaml
 
 from rlhflab.config_rl import RL_ALGORITHMS, BestOfNConfig, OnlineDPOConfig, RLConfig, validate_online
+from rlhflab.config_feedback import SelfRewardingConfig, check_self_rewarding
 from rlhflab.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str | None = None
-    """Training data: a JSONL, JSON, Parquet or CSV file, or a `datasets` folder saved to disk."""
-    eval: str | None = None
-    """Held-out data in the same format; None = no evaluation unless `eval_fraction` > 0."""
+    train: str | tuple[str, ...] | None = None
+    """Training data: a JSONL, JSON, Parquet or CSV file, or a `datasets` folder saved to disk;
+    or a list of them, of one algorithm kind, concatenated in order (each file is read and
+    checked on its own, so errors name their own file and row; docs/data.md)."""
+    eval: str | tuple[str, ...] | None = None
+    """Held-out data in the same format (a file or a list of files); None = no evaluation unless
+    `eval_fraction` > 0."""
     eval_fraction: float = 0.0
     """When `eval` is None, hold out this fraction of `train` (chosen with `seed`) for evaluation."""
     format: str = "auto"
@@ -189,6 +193,7 @@ ALGORITHM_CONFIGS: dict[str, type] = {
     **{name: RLConfig for name in RL_ALGORITHMS},
     "online_dpo": OnlineDPOConfig,
     "best_of_n": BestOfNConfig,
+    "self_rewarding": SelfRewardingConfig,
 }
 """Each algorithm's own settings live in a section named after it."""
 
@@ -271,6 +276,8 @@ class RunConfig:
     """Settings of `algorithm: online_dpo` (best vs worst of the policy's samples, a DPO-family step)."""
     best_of_n: BestOfNConfig | None = None
     """Settings of `algorithm: best_of_n` (rejection-sampling fine-tuning)."""
+    self_rewarding: SelfRewardingConfig | None = None
+    """Settings of `algorithm: self_rewarding` (the policy judges its own samples; iterative DPO; Con-J)."""
 
     @property
     def algo(self) -> Any:
@@ -287,6 +294,8 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return args[0], True
+        if 1 < len(args) < len(typing.get_args(tp)):  # e.g. str | tuple[str, ...] | None
+            return typing.Union[tuple(args)], True
     return tp, False
 
 
@@ -462,6 +471,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"max_steps must be at least 1, got {cfg.max_steps}")
     if cfg.data.train is None:
         raise ConfigError("data.train is required: the path of the training data file")
+    for key in ("train", "eval"):
+        if getattr(cfg.data, key) == ():
+            raise ConfigError(f"data.{key} is an empty list; give a file or a list of files")
     if cfg.data.max_length < 2:
         raise ConfigError(f"data.max_length must be at least 2, got {cfg.data.max_length}")
     if cfg.data.max_prompt_length is not None and not 1 <= cfg.data.max_prompt_length < cfg.data.max_length:
@@ -491,6 +503,8 @@ def validate(cfg: RunConfig) -> None:
     section = cfg.algo
     if isinstance(section, (RLConfig, OnlineDPOConfig, BestOfNConfig)):
         validate_online(cfg.algorithm, section, cfg.batch_size, cfg.micro_batch_size, cfg.max_steps)
+    if cfg.self_rewarding is not None:
+        check_self_rewarding(cfg)
 
 
 DPO_HPARAMS = ("beta", "label_smoothing", "delta", "nll_weight", "lam", "gamma", "alpha", "eta", "distance",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rlhflab.config_feedback import JudgeConfig, PropositionConfig, check_judge, check_propositions
 from rlhflab.errors import ConfigError
 
 
@@ -44,11 +45,17 @@ class RuleConfig:
 class ScorerConfig:
     """One scorer; several in a list are added up with their weights."""
 
-    type: Literal["reward_model", "rules", "math", "code", "python"] = "math"
+    type: Literal["reward_model", "rules", "math", "code", "python", "judge", "rbr", "ensemble"] = "math"
     """reward_model: a scalar-head model folder (from `algorithm: reward_model`); rules: weighted
     rules; math: extract the final answer and compare it numerically with the row's
     `answer_field`; code: run the completion's code against the row's `tests_field` in a sandboxed
-    subprocess; python: any function `f(samples) -> list[float]` given by `function`."""
+    subprocess; python: any function `f(samples) -> list[float]` given by `function`; judge: an LLM
+    judge (`judge`), pointwise (its expected score) or pairwise against the row's
+    `reference_field` (the probability the sample is better); rbr: a Rule-Based Reward, bias +
+    sum_k w_k * proposition_k with weights fitted by `rlhflab rbr fit` (`propositions`,
+    `rbr_weights`); ensemble: several reward models, mean - uncertainty_coef * std of their scores
+    with an out-of-distribution flag (`paths` or `calibration`; docs/rewards.md, "Ensembles and
+    uncertainty")."""
     weight: float = 1.0
     """Weight in the sum of scorers."""
     normalize: Literal["none", "batch", "group"] = "none"
@@ -75,7 +82,32 @@ class ScorerConfig:
     max_output_bytes: int = 65536
     """code: stdout + stderr beyond this are cut (and the program fails)."""
     batch_size: int = 16
-    """reward_model: sequences per forward pass."""
+    """reward_model, ensemble: sequences per forward pass (per member)."""
+    paths: tuple[str, ...] = ()
+    """ensemble: the member model folders (two or more), scored as they are; or give `calibration`."""
+    calibration: str | None = None
+    """ensemble: the ensemble JSON written by `rlhflab ensemble train` / `calibrate`: its members, and
+    once calibrated each member's held-out mean (subtracted from its scores) and the OOD threshold.
+    Give this or `paths`, not both."""
+    uncertainty_coef: float = 0.0
+    """ensemble: k >= 0 of the reward mean - k * std (std = the members' sample std; 0 = the mean)."""
+    ood_threshold: float | None = None
+    """ensemble: flag a sample as out of distribution (part `ood` = 1.0) when its std is above this;
+    None = the calibrated threshold of `calibration`, else no flag."""
+    judge: JudgeConfig | None = None
+    """judge: the judge's settings (docs/judges.md)."""
+    reference_field: str = "reference"
+    """judge in pairwise mode: the dataset column holding the response each sample is compared with."""
+    propositions: tuple[PropositionConfig, ...] = ()
+    """rbr: the propositions (judge questions or text rules), each one feature in [0, 1]; judge
+    questions are asked to `judge` (docs/rewards.md, "Safety rewards")."""
+    rbr_weights: str | None = None
+    """rbr: the JSON file of fitted weights written by `rlhflab rbr fit`; None = each proposition's
+    `weight` and bias 0."""
+    system_prompt: str | None = None
+    """reward_model: a system message put before every prompt when scoring: the condition of a
+    conditional reward model (COOL RLHF, arXiv 2403.17297), e.g. the harmlessness preference;
+    merged into the prompt's own system message when it has one (rlhflab.data.conditions)."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +290,51 @@ def _check_scorers(key: str, scorers: tuple[ScorerConfig, ...], required: bool) 
                 raise ConfigError(f"{where}.rules[{j}]: kind keyword needs `keywords`")
             if r.kind == "length" and not 0 <= r.min_chars <= r.max_chars:
                 raise ConfigError(f"{where}.rules[{j}]: length needs 0 <= min_chars <= max_chars")
+        if s.type == "judge":
+            if s.judge is None:
+                raise ConfigError(f"{where}: type judge needs a `judge:` section (model, mode, ...; docs/judges.md)")
+            check_judge(f"{where}.judge", s.judge)
+        if s.type == "rbr":
+            _check_rbr(where, s)
+        if s.type == "ensemble":
+            from pathlib import Path
+
+            from rlhflab.rewards.ensemble import check_member_paths, read_ensemble_file
+
+            if bool(s.paths) == bool(s.calibration):
+                raise ConfigError(f"{where}: type ensemble needs `paths` (two or more model folders) or "
+                                  "`calibration` (the JSON of `rlhflab ensemble train`), exactly one of them")
+            if not (s.uncertainty_coef >= 0 and (s.ood_threshold is None or s.ood_threshold >= 0)):
+                raise ConfigError(f"{where}: ensemble needs uncertainty_coef >= 0 and ood_threshold >= 0")
+            if s.paths:
+                check_member_paths([Path(p) for p in s.paths], f"{where}.paths")
+            else:
+                try:
+                    read_ensemble_file(s.calibration)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}.calibration: {e}") from None
+        elif s.paths or s.calibration or s.uncertainty_coef or s.ood_threshold is not None:
+            raise ConfigError(f"{where}: paths, calibration, uncertainty_coef and ood_threshold apply to type ensemble only")
+        if s.system_prompt is not None and s.type != "reward_model":
+            raise ConfigError(f"{where}: system_prompt applies to type reward_model only (a conditional RM's condition)")
         if s.type == "code" and not (s.timeout_s > 0 and s.memory_mb >= 16 and s.max_output_bytes > 0):
             raise ConfigError(f"{where}: code needs timeout_s > 0, memory_mb >= 16, max_output_bytes > 0")
+
+
+def _check_rbr(where: str, s: ScorerConfig) -> None:
+    """An rbr scorer: valid propositions, a judge for judge questions, an existing weights file
+    (its contents are checked against the propositions when the scorer is built)."""
+    check_propositions(f"{where}.propositions", s.propositions)
+    if any(p.kind == "judge" for p in s.propositions):
+        if s.judge is None:
+            raise ConfigError(f"{where}: judge propositions need a `judge:` section, e.g. judge: {{model: smollm2-135m}}")
+        check_judge(f"{where}.judge", s.judge)
+    if s.rbr_weights is not None:
+        from pathlib import Path
+
+        if not Path(s.rbr_weights).is_file():
+            raise ConfigError(f"{where}: rbr_weights file not found: {s.rbr_weights} "
+                              "(write it with `rlhflab rbr fit`, or drop the key to use each proposition's weight)")
 
 
 def _check_generation(key: str, g: GenerationConfig, min_n: int) -> None:

@@ -263,18 +263,20 @@ def validate(cfg: SampleConfig) -> None:
         raise ConfigError(f"--top-p must be in (0, 1], got {cfg.top_p}")
     if cfg.min_reward is not None and not math.isfinite(cfg.min_reward):
         raise ConfigError(f"--min-reward must be a finite number, got {cfg.min_reward}")
-    _check_out(cfg)
+    check_out_path(cfg.out, cfg.data, cfg.overwrite)
 
 
-def _check_out(cfg: SampleConfig) -> None:
-    out = Path(cfg.out)
+def check_out_path(out_path: str, data: str, overwrite: bool) -> None:
+    """The output of a data-writing command: a .jsonl file, not a folder, not the input, and
+    only replaced with `overwrite`."""
+    out = Path(out_path)
     if out.suffix.lower() != ".jsonl":
         raise ConfigError(f"--out {out}: the output is JSON Lines; give a file name ending in .jsonl")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a .jsonl file name")
-    if out.exists() and not cfg.overwrite:
+    if out.exists() and not overwrite:
         raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
-    if Path(cfg.data).exists() and out.exists() and out.resolve() == Path(cfg.data).resolve():
+    if Path(data).exists() and out.exists() and out.resolve() == Path(data).resolve():
         raise ConfigError(f"--out {out} is the --data file itself; write to another file")
     parent = next((p for p in out.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
@@ -436,6 +438,9 @@ def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file a normal file's mode
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

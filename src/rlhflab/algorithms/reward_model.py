@@ -55,7 +55,7 @@ class RewardModel(Algorithm):
     def check_data(self, loaded: Any) -> None:
         rm = self.cfg.reward_model
         if rm.loss == "cost" and loaded.format != "safety":
-            raise DataError(self.cfg.data.train, None, "chosen_safe",
+            raise DataError(loaded.path, None, "chosen_safe",
                             f"reward_model.loss: cost needs safety labels, but the data format is '{loaded.format}'",
                             "add boolean columns chosen_safe and rejected_safe (True = safe) to every row")
 

@@ -19,6 +19,7 @@ class SFTExample:
     messages: list[Message]
     row: int
     train_start: int = 0  # 0 for the messages format; len(prompt) for prompt_completion
+    source: str | None = None  # the file, when several files were loaded together (data.train: [...])
 
 
 @dataclass
@@ -33,6 +34,7 @@ class PairExample:
     rejected_safe: bool | None = None
     margin: float | None = None  # optional preference strength (`margin` column)
     scores: dict[str, float] = field(default_factory=dict)  # optional PAIR_SCORE_COLUMNS present in the row
+    source: str | None = None  # the file, when several files were loaded together (data.train: [...])
 
 
 @dataclass
@@ -45,6 +47,7 @@ class UnpairedExample:
     label: bool
     row: int
     reward: float | None = None
+    source: str | None = None  # the file, when several files were loaded together (data.train: [...])
 
 
 @dataclass
@@ -54,6 +57,7 @@ class PromptExample:
     prompt: list[Message]
     extra: dict[str, Any]
     row: int
+    source: str | None = None  # the file, when several files were loaded together (data.train: [...])
 
 
 Example = SFTExample | PairExample | UnpairedExample | PromptExample

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rlhflab.data.examples import LoadedData
@@ -22,6 +23,41 @@ def load_examples(path: str | Path, kind: str | None, format: str = "auto") -> L
     """
     records = read_records(path)
     return examples_from_records(records, str(path), kind, format)
+
+
+def load_files(paths: str | Path | Sequence[str | Path], kind: str | None, format: str = "auto",
+               check: Callable[[LoadedData], None] | None = None) -> list[LoadedData]:
+    """`load_examples` of one file, or of each file of a list (`data.train: [a.jsonl, b.jsonl]`),
+    each read, validated and passed to `check` on its own so every error names its own file and
+    row. The examples of a list are marked with their file (`source`) for later errors (the
+    tokenizer's). Use `concat_loaded` to join the parts."""
+    many = not isinstance(paths, (str, Path))
+    parts = []
+    for path in (paths if many else [paths]):
+        part = load_examples(path, kind, format)
+        if many:
+            for ex in part.examples:
+                ex.source = str(path)
+        if check is not None:
+            check(part)
+        parts.append(part)
+    return parts
+
+
+def concat_loaded(parts: list[LoadedData]) -> LoadedData:
+    """The files' examples in order as one LoadedData: `path` joins the file names with ' + ',
+    `format` the distinct formats with '+' (e.g. 'pairwise+transcript': the algorithms' own checks
+    ran per file in `load_files`)."""
+    if len(parts) == 1:
+        return parts[0]
+    formats = list(dict.fromkeys(p.format for p in parts))
+    out = LoadedData(path=" + ".join(p.path for p in parts), format="+".join(formats), kind=parts[0].kind,
+                     examples=[ex for p in parts for ex in p.examples], num_rows=sum(p.num_rows for p in parts))
+    for p in parts:
+        for reason, n in p.dropped.items():
+            out.dropped[reason] = out.dropped.get(reason, 0) + n
+        out.warnings += p.warnings
+    return out
 
 
 def examples_from_records(records: list[Record], path: str, kind: str | None, format: str = "auto") -> LoadedData:

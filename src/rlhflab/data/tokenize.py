@@ -148,9 +148,11 @@ def tokenize_examples(
     template = resolve_chat_template(tokenizer, data_cfg.chat_template)
     eot = end_of_turn_ids(tokenizer)
     report = TokenizeReport()
-    policy = _Policy(data_cfg, report, path or data_cfg.train or "data")
+    default = path or (data_cfg.train if isinstance(data_cfg.train, str) else None) or "data"
+    policy = _Policy(data_cfg, report, default)
     out = []
     for ex in examples:
+        policy.path = getattr(ex, "source", None) or default  # examples of a list of files name their own file
         item = _one(ex, tokenizer, template, eot, policy)
         if item is not None:
             out.append(item)

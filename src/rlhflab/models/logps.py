@@ -214,3 +214,61 @@ def shared_prefix_token_logps(model: nn.Module, batch: LMBatch, group: Tensor, t
         return out, None
     ent = entropy_from_logits(logits if entropy_grad else logits.detach())
     return out, torch.zeros_like(out).masked_scatter(mask, ent)
+
+
+def next_token_logits(model: nn.Module, seqs: list[list[int]], min_shared: int = 32, last: int = 1) -> Tensor:
+    """(B, V) float32 logits of the token after each sequence (no grad); with `last` = k > 1,
+    (B, k, V): the logits at each row's last k positions (the predictions of its last k - 1
+    tokens and of the next one). Every row needs at least k tokens.
+
+    When every sequence starts with the same `min_shared` or more tokens (a judge's fixed
+    instructions), that prefix runs through the decoder once and its KV cache serves every row;
+    the rest of each row runs on top of it, right-padded. Numerically the plain forward's logits
+    at each row's last token (tests/test_logps.py). Models without a separable decoder and head
+    take the plain forward."""
+    device = next(model.parameters()).device
+    B = len(seqs)
+    if min(len(x) for x in seqs) < last:
+        raise ValueError(f"every sequence needs at least last = {last} tokens")
+    shared = min(len(s) for s in seqs) - last  # each row keeps its last `last` tokens of its own
+    for i in range(1, B):
+        n = 0
+        for x, y in zip(seqs[0][:shared], seqs[i][:shared]):
+            if x != y:
+                break
+            n += 1
+        shared = n
+    lens = torch.tensor([len(s) for s in seqs], device=device)
+    width = int(lens.max())
+    ids = torch.zeros(B, width, dtype=torch.long, device=device)
+    att = torch.zeros(B, width, dtype=torch.long, device=device)
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = torch.tensor(s, device=device)
+        att[b, :len(s)] = 1
+    rows = torch.arange(B, device=device)
+    cols = lens[:, None] - last + torch.arange(last, device=device)[None, :]  # (B, k) the positions returned
+    loss = torch.zeros(B, width, dtype=torch.bool, device=device)
+    loss[rows, lens - 1] = True
+    batch = LMBatch(ids, att, loss)
+    parts = _verified_split(model, batch) if B > 1 and shared >= min_shared else None
+    with torch.no_grad():
+        if parts is None:
+            # the logits at position t predict token t + 1: score the last k - 1 tokens and a dummy next one
+            ext = LMBatch(torch.cat([ids, ids.new_zeros(B, 1)], 1), torch.cat([att, att.new_zeros(B, 1)], 1),
+                          torch.zeros(B, width + 1, dtype=torch.bool, device=device))
+            ext.attention_mask[rows, lens] = 1
+            ext.loss_mask[rows[:, None].expand(-1, last), cols + 1] = True
+            logits = completion_logits(model, ext).logits.float().view(B, last, -1)
+            return logits[:, 0] if last == 1 else logits
+        decoder, head = parts
+        pre = decoder(input_ids=ids[:1, :shared], use_cache=True)
+        cache = pre.past_key_values
+        cache.batch_repeat_interleave(B)
+        rest, rest_att = ids[:, shared:], att[:, shared:]
+        full_att = torch.cat([att.new_ones(B, shared), rest_att], 1)
+        pos = shared + torch.arange(rest.shape[1], device=device)[None, :].expand(B, -1)
+        hidden = decoder(input_ids=rest, attention_mask=full_att, position_ids=pos, past_key_values=cache,
+                         use_cache=True).last_hidden_state  # (B, T - shared, H)
+        picked = hidden[rows[:, None], cols - shared]  # (B, k, H)
+        logits = head(picked).float()
+        return logits[:, 0] if last == 1 else logits

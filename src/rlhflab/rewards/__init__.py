@@ -55,8 +55,22 @@ def _one(c: ScorerConfig, device: str, trust_remote_code: bool) -> Scorer:
 
         if not c.path:
             raise ConfigError("type reward_model needs `path`, the model folder")
-        return RewardModelScorer(c.path, c.batch_size, device, trust_remote_code)
-    raise ConfigError(f"unknown scorer type {c.type!r} (reward_model, rules, math, code, python)")
+        return RewardModelScorer(c.path, c.batch_size, device, trust_remote_code, system_prompt=c.system_prompt)
+    if c.type == "judge":
+        from rlhflab.rewards.judge import JudgeScorer
+
+        if c.judge is None:
+            raise ConfigError("type judge needs a `judge:` section (model, mode, ...)")
+        return JudgeScorer(c.judge, c.reference_field, device, trust_remote_code)
+    if c.type == "rbr":
+        from rlhflab.rewards.rbr import build_rbr
+
+        return build_rbr(c, device, trust_remote_code)
+    if c.type == "ensemble":
+        from rlhflab.rewards.ensemble import EnsembleScorer
+
+        return EnsembleScorer.from_config(c, device, trust_remote_code)
+    raise ConfigError(f"unknown scorer type {c.type!r} (reward_model, rules, math, code, python, judge, rbr, ensemble)")
 
 
 def build_scorer(configs: tuple[ScorerConfig, ...], device: str = "cpu", trust_remote_code: bool = False) -> WeightedSum:
@@ -76,6 +90,8 @@ def required_columns(configs: tuple[ScorerConfig, ...]) -> dict[str, str]:
     need: dict[str, list[str]] = {}
     for name, c in zip(scorer_names(configs), configs):
         column = {"math": c.answer_field, "code": c.tests_field}.get(c.type)
+        if c.type == "rbr" and any(p.applies_to for p in c.propositions):
+            column = "category"  # rlhflab.rewards.rbr.CATEGORY_FIELD, read by `applies_to`
         if column:
             need.setdefault(column, []).append(name)
     return {column: ", ".join(names) for column, names in need.items()}

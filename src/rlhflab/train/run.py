@@ -85,18 +85,14 @@ def load_data(cfg: RunConfig, algo_kind: str, console: Console,
               check: Any = None) -> tuple[Any, list[Any], list[Any] | None]:
     """Read and validate the rows (no tokenizer yet); `check(loaded)` runs on the train and the eval
     file. Returns (train info, train examples, eval examples)."""
-    from rlhflab.data import load_examples
+    from rlhflab.data.load import concat_loaded, load_files
 
-    train = load_examples(cfg.data.train, algo_kind, cfg.data.format)
-    if check is not None:
-        check(train)
+    train = concat_loaded(load_files(cfg.data.train, algo_kind, cfg.data.format, check))
     for w in train.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     examples, eval_examples = train.examples, None
     if cfg.data.eval:
-        ev = load_examples(cfg.data.eval, algo_kind, cfg.data.format)
-        if check is not None:
-            check(ev)
+        ev = concat_loaded(load_files(cfg.data.eval, algo_kind, cfg.data.format, check))
         for w in ev.warnings:
             console.print(f"[yellow]warning:[/] {w}")
         eval_examples = ev.examples
@@ -108,6 +104,10 @@ def load_data(cfg: RunConfig, algo_kind: str, console: Console,
 def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = None) -> RunResult:
     """Run the configured training. `stop_at` ends the loop early (for tests of resume)."""
     console = console or Console(stderr=True)
+    if cfg.algorithm == "self_rewarding":  # a driver of several DPO runs (docs/self_rewarding.md)
+        from rlhflab.feedback.self_rewarding import run_self_rewarding
+
+        return run_self_rewarding(cfg, console)
     t_start = time.perf_counter()
     algo = get_algorithm(cfg)
     plan = algo.batch_plan()
@@ -119,12 +119,13 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(str(model_path), trust_remote_code=cfg.trust_remote_code)
-    items, report = tokenize_examples(examples, tokenizer, cfg.data, path=cfg.data.train)
-    eval_path = cfg.data.eval or cfg.data.train
+    items, report = tokenize_examples(examples, tokenizer, cfg.data, path=train_info.path)
+    ev = cfg.data.eval
+    eval_path = train_info.path if not ev else ev if isinstance(ev, str) else " + ".join(ev)
     eval_items = tokenize_examples(eval_examples, tokenizer, cfg.data, path=eval_path)[0] if eval_examples else None
-    console.print(f"data: {cfg.data.train} ({train_info.format}): {report.summary()}")
+    console.print(f"data: {train_info.path} ({train_info.format}): {report.summary()}")
     if not items:
-        raise DataError(cfg.data.train, None, None, f"no rows left after tokenization and truncation ({report.summary()})",
+        raise DataError(train_info.path, None, None, f"no rows left after tokenization and truncation ({report.summary()})",
                         "raise data.max_length, use data.truncation: truncate, or check the chat template")
     algo.setup(tokenizer)
     items = algo.prepare_items(items)
