@@ -165,7 +165,7 @@ def test_missing_files_existing_out_and_bad_options_exit_2(setup, capsys):
     assert fit(setup, data="nope.jsonl") == 2
     assert "nope.jsonl: file not found" in capsys.readouterr().err
     assert fit(setup, config="nope.yaml") == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "--config not found" in capsys.readouterr().err
     (setup / "w.json").write_text("{}")
     assert fit(setup) == 2
     assert "pass --overwrite" in capsys.readouterr().err

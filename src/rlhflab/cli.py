@@ -122,6 +122,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_judge_args(p: argparse.ArgumentParser, default_model: str) -> None:
+    """The judge flags of the commands that judge (read by `judge_from_cli`)."""
+    p.add_argument("--judge-model", default=None, help=f"the judge model (default: {default_model})")
+    p.add_argument("--judge-config", metavar="FILE.yaml", default=None,
+                   help="judge settings as YAML (any field of the judge section: mode, template, scale, labels, ...)")
+    p.add_argument("--rationale", action="store_true", default=None, help="the judge writes a rationale first")
+    p.add_argument("--no-swap", action="store_true", help="pairwise: judge one order only (no position check)")
+    p.add_argument("--judge-cache", metavar="FILE.jsonl", default=None, help="cache verdicts across runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
@@ -191,14 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the policy: a local Hugging Face folder or smollm2-135m")
     p.add_argument("--data", required=True, help="prompts (JSONL, JSON, Parquet, CSV, datasets folder)")
     p.add_argument("--out", required=True, help="the pairwise .jsonl file to write")
-    p.add_argument("--judge-model", default=None, help="the judge model (default: the policy's own)")
+    _add_judge_args(p, "the policy's own")
     p.add_argument("--judge-mode", choices=("pointwise", "pairwise"), default=None,
                    help="pointwise scores or pairwise comparisons (default: pairwise)")
-    p.add_argument("--judge-config", metavar="FILE.yaml", default=None,
-                   help="judge settings as YAML (any field of the judge section: template, scale, labels, ...)")
-    p.add_argument("--rationale", action="store_true", default=None, help="the judge writes a rationale first")
-    p.add_argument("--no-swap", action="store_true", help="pairwise: judge one order only (no position check)")
-    p.add_argument("--judge-cache", metavar="FILE.jsonl", default=None, help="cache verdicts across runs")
     p.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
     p.add_argument("--min-gap", type=float, default=0.0, help="keep pairs the judge separates by at least this")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -216,11 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-b", required=True, help="the baseline model")
     p.add_argument("--data", required=True, help="held-out prompts")
     p.add_argument("--out", required=True, help="folder for compare.json and verdicts.jsonl")
-    p.add_argument("--judge-model", default=None, help="the judge (default: model B)")
-    p.add_argument("--judge-config", metavar="FILE.yaml", default=None, help="judge settings as YAML (pairwise)")
-    p.add_argument("--rationale", action="store_true", default=None, help="the judge writes a rationale first")
-    p.add_argument("--no-swap", action="store_true", help="judge one order only")
-    p.add_argument("--judge-cache", metavar="FILE.jsonl", default=None, help="cache verdicts across runs")
+    _add_judge_args(p, "model B")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy answers (default)")
     p.add_argument("--seed", type=int, default=0)

@@ -7,6 +7,7 @@ everything is checked here, before any model or tokenizer loads.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -415,24 +416,42 @@ def _fix_yaml_numbers(node: Any) -> Any:
     return node
 
 
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The YAML tree of a file, with numbers in scientific notation read as numbers (None for an
+    empty file). ConfigError naming `what` and the file when it is missing, not UTF-8 or not YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        return _fix_yaml_numbers(yaml.safe_load(p.read_text(encoding="utf-8")))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p}: not UTF-8 text") from None
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
+    """The JSON value of a file; ConfigError naming `what` and the file when it is missing (with
+    `hint` on how to make one) or not valid JSON."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}{hint}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {p}: not valid JSON: {e}") from None
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config, apply dotted `key=value` overrides, validate, and freeze."""
     tree: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: not UTF-8 text") from None
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of settings")
-        tree = _fix_yaml_numbers(loaded)
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        tree = loaded
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_dotted(tree, keys, value)

@@ -250,12 +250,10 @@ def check_self_rewarding(cfg: Any) -> None:
         raise ConfigError(f"{key}.prompts_per_iteration must be at least 1 (or null = all prompts)")
     if s.num_candidates < 2:
         raise ConfigError(f"{key}.num_candidates must be at least 2 (a pair needs two responses), got {s.num_candidates}")
-    if s.max_new_tokens < 1 or s.generation_batch_size < 1:
-        raise ConfigError(f"{key}.max_new_tokens and {key}.generation_batch_size must be at least 1")
-    if not s.temperature > 0:
-        raise ConfigError(f"{key}.temperature must be > 0 (greedy candidates would be identical)")
-    if not 0 < s.top_p <= 1:
-        raise ConfigError(f"{key}.top_p must be in (0, 1], got {s.top_p}")
+    from rlhflab.config_rl import check_sampling
+
+    check_sampling(lambda f: f"{key}.{'generation_batch_size' if f == 'batch_size' else f}", s.max_new_tokens,
+                   s.generation_batch_size, s.temperature, s.top_p, why="greedy candidates would be identical")
     if not s.min_gap >= 0:
         raise ConfigError(f"{key}.min_gap must be >= 0, got {s.min_gap}")
     if s.steps_per_iteration is not None and s.steps_per_iteration < 1:

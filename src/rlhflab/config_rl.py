@@ -8,6 +8,8 @@ configuration written to the run directory shows the values that really ran.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -337,15 +339,31 @@ def _check_rbr(where: str, s: ScorerConfig) -> None:
                               "(write it with `rlhflab rbr fit`, or drop the key to use each proposition's weight)")
 
 
+def check_sampling(flag: "Callable[[str], str]", max_new_tokens: int, batch_size: int, temperature: float,
+                   top_p: float, greedy_ok: bool = False, why: str = "the samples of a prompt would be identical") -> None:
+    """Checks of sampling settings shared by every command and config that generates; `flag`
+    names a field as the user wrote it (e.g. "--top-p" or "grpo.generation.top_p")."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ConfigError(f"{flag('max_new_tokens')} and {flag('batch_size')} must be at least 1")
+    if not math.isfinite(temperature) or temperature < 0 or (temperature == 0 and not greedy_ok):
+        raise ConfigError(f"{flag('temperature')} must be > 0 ({why}), got {temperature}" if not greedy_ok
+                          else f"{flag('temperature')} must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"{flag('top_p')} must be in (0, 1], got {top_p}")
+
+
+def cli_flag(field: str) -> str:
+    """A settings field as its command-line flag: top_p -> --top-p."""
+    return "--" + field.replace("_", "-")
+
+
 def _check_generation(key: str, g: GenerationConfig, min_n: int) -> None:
     if g.num_generations < min_n:
         raise ConfigError(f"{key}.num_generations must be at least {min_n}, got {g.num_generations}")
-    if g.max_new_tokens < 1 or g.batch_size < 1:
-        raise ConfigError(f"{key}.max_new_tokens and {key}.batch_size must be at least 1")
-    if not g.temperature > 0:
-        raise ConfigError(f"{key}.temperature must be > 0 for training rollouts (greedy is for evaluation)")
-    if not 0 < g.top_p <= 1 or g.top_k < 0:
-        raise ConfigError(f"{key}.top_p must be in (0, 1] and top_k >= 0")
+    check_sampling(lambda f: f"{key}.{f}", g.max_new_tokens, g.batch_size, g.temperature, g.top_p,
+                   why="training rollouts sample; greedy is for evaluation")
+    if g.top_k < 0:
+        raise ConfigError(f"{key}.top_k must be >= 0")
 
 
 def validate_online(algorithm: str, section: object, batch_size: int, micro_batch_size: int, max_steps: int) -> None:

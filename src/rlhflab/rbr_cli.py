@@ -112,18 +112,11 @@ def ranked_pairs(ranks: list[list[str]]) -> list[tuple[int, int]]:
 def load_scorer_configs(path: str | Path) -> tuple[Any, tuple[Any, ...]]:
     """(the rbr ScorerConfig, the other ScorerConfigs) from a scorer list, a `rewards:` mapping or a
     training config; checked as a training config's scorers are (its rbr_weights may not exist yet)."""
-    import yaml
-
-    from rlhflab.config import _build, _fix_yaml_numbers
+    from rlhflab.config import _build, read_yaml
     from rlhflab.config_rl import ScorerConfig, _check_scorers
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: no such file {p}")
-    try:
-        tree = _fix_yaml_numbers(yaml.safe_load(p.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    tree = read_yaml(p, "--config")
     if isinstance(tree, dict) and "algorithm" in tree:
         section = tree.get(tree["algorithm"])
         tree = section.get("rewards") if isinstance(section, dict) else None

@@ -175,17 +175,10 @@ def parse_scorer_spec(spec: str) -> ScorerConfig:
 def load_rewards_config(path: str | os.PathLike) -> tuple[ScorerConfig, ...]:
     """Scorers from a YAML file: a list of scorer mappings (as under `rewards:` of a training
     config), or a mapping whose `rewards` key holds that list."""
-    import yaml
-
-    from rlhflab.config import _build, _fix_yaml_numbers
+    from rlhflab.config import _build, read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--rewards-config: no such file {p}")
-    try:
-        tree = _fix_yaml_numbers(yaml.safe_load(p.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    tree = read_yaml(p, "--rewards-config")
     if isinstance(tree, dict) and "rewards" in tree:
         tree = tree["rewards"]
     if not isinstance(tree, list) or not tree or not all(isinstance(x, dict) for x in tree):
@@ -241,7 +234,7 @@ class SampleConfig:
 
 def validate(cfg: SampleConfig) -> None:
     """Checks of the settings and the output path (no file is read but `out`'s folder)."""
-    from rlhflab.config_rl import _check_scorers
+    from rlhflab.config_rl import _check_scorers, check_sampling, cli_flag
     from rlhflab.rewards import scorer_names
 
     if cfg.mode not in ("best_of_n", "rso"):
@@ -255,12 +248,8 @@ def validate(cfg: SampleConfig) -> None:
         raise ConfigError(f"--k must be between 2 and --n ({cfg.n}): RSO accepts k of the n samples, got {cfg.k}")
     if not cfg.beta >= 0:
         raise ConfigError(f"--beta must be >= 0 (0 = greedy top-k), got {cfg.beta}")
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise ConfigError("--max-new-tokens and --batch-size must be at least 1")
-    if not cfg.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 (n greedy samples would be identical), got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    check_sampling(cli_flag, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.top_p,
+                   why="n greedy samples would be identical")
     if cfg.min_reward is not None and not math.isfinite(cfg.min_reward):
         raise ConfigError(f"--min-reward must be a finite number, got {cfg.min_reward}")
     check_out_path(cfg.out, cfg.data, cfg.overwrite)

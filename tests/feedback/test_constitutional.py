@@ -172,7 +172,7 @@ def test_each_stage_needs_only_its_fields(tmp_path):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="constitution not found"):
         cai.load_constitution(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("principles: [unclosed", encoding="utf-8")
@@ -433,7 +433,7 @@ def test_cli_rl_with_nothing_to_write_is_a_user_error(tmp_path, cai_constitution
 @pytest.mark.parametrize("stage, extra, needle", [
     ("sl", ["--revisions", "0"], "--revisions must be at least 1"),
     ("rl", ["--k", "1"], "--k must be at least 2"),
-    ("rl", ["--temperature", "0"], "--temperature must be > 0 for rl"),
+    ("rl", ["--temperature", "0"], "--temperature must be > 0 (for rl"),
     ("sl", ["--temperature", "-1"], "--temperature must be >= 0"),
     ("sl", ["--top-p", "0"], "--top-p must be in (0, 1]"),
     ("sl", ["--max-new-tokens", "0"], "--max-new-tokens"),
@@ -455,7 +455,7 @@ def test_cli_input_errors_exit_2_before_any_model_loads(tmp_path, cai_constituti
     assert code == 2 and str(bad) in err and "principle 1 ('harmful'): `revision` is missing" in err
 
     code, err = cli("sl", "--constitution", str(tmp_path / "none.yaml"), *base, "--out", str(tmp_path / "o.jsonl"))
-    assert code == 2 and "no such file" in err
+    assert code == 2 and "constitution not found" in err
 
     code, err = cli("sl", "--constitution", str(cai_constitution), *base, "--out", str(tmp_path / "o.txt"))
     assert code == 2 and "ending in .jsonl" in err

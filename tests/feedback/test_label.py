@@ -127,7 +127,7 @@ def test_label_command_end_to_end(tiny, tmp_path):
 @pytest.mark.parametrize("extra, msg", [
     (["--k", "1"], "--k"),
     (["--temperature", "0"], "temperature"),
-    (["--judge-mode", "pairwise", "--judge-config", "MISSING.yaml"], "no such file"),
+    (["--judge-mode", "pairwise", "--judge-config", "MISSING.yaml"], "not found"),
 ])
 def test_label_command_errors_exit_2(tiny, tmp_path, capsys, extra, msg):
     data = tmp_path / "prompts.jsonl"

@@ -228,7 +228,7 @@ def test_config_checks(members, tmp_path):
 def test_ensemble_file_checks(members, tmp_path):
     p = tmp_path / "e.json"
     p.write_text("{not json")
-    with pytest.raises(ConfigError, match="not a valid ensemble JSON"):
+    with pytest.raises(ConfigError, match="ensemble file .*: not valid JSON"):
         read_ensemble_file(p)
     p.write_text(json.dumps({"members": "a"}))
     with pytest.raises(ConfigError, match="`members`, a list"):

@@ -253,7 +253,7 @@ def test_weights_file_round_trip_and_mismatch(tmp_path):
     with pytest.raises(ConfigError, match="finite number"):
         load_rbr_weights(tmp_path / "nan.json", ["refuses"])
     (tmp_path / "junk.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not a JSON weights file"):
+    with pytest.raises(ConfigError, match="rbr_weights file .*: not valid JSON"):
         load_rbr_weights(tmp_path / "junk.json", ["refuses"])
 
 

@@ -42,9 +42,10 @@ class CompareConfig:
 
 
 def validate(cfg: CompareConfig) -> None:
+    from rlhflab.config_rl import check_sampling, cli_flag
+
     check_judge("judge", cfg.judge)
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.temperature < 0:
-        raise ConfigError("--max-new-tokens and --batch-size must be >= 1 and --temperature >= 0")
+    check_sampling(cli_flag, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, 1.0, greedy_ok=True)
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
     out = Path(cfg.out)

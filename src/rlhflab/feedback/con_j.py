@@ -123,13 +123,13 @@ def verdict_logps(model: Any, tokenizer: Any, contexts: list[list[int]], heads: 
     shared by the head and every head + answer."""
     from rlhflab.models.load import eval_mode
     from rlhflab.models.logps import shared_prefix_token_logps
-    from rlhflab.types import LMBatch
+    from rlhflab.rewards.judge import common_prefix_len, right_padded_batch
 
     seqs: list[tuple[int, int, list[int], int]] = []  # (row, group, tail ids, index of the answer's first token)
     for i, (head, g) in enumerate(zip(heads, groups)):
         head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         full = [tokenizer(head + a, add_special_tokens=False)["input_ids"] for a in answers]
-        common = min(min(_common_prefix(head_ids, f) for f in full), min(len(f) - 1 for f in full))
+        common = min(min(common_prefix_len(head_ids, f) for f in full), min(len(f) - 1 for f in full))
         seqs += [(i, g, f, common) for f in full]
     out: list[list[float]] = [[] for _ in heads]
     device = next(model.parameters()).device
@@ -138,30 +138,13 @@ def verdict_logps(model: Any, tokenizer: Any, contexts: list[list[int]], heads: 
         for s in range(0, len(order), chunk):
             part = set(order[s:s + chunk])
             rows = [x for x in seqs if x[1] in part]
-            T = max(len(contexts[i]) + len(f) for i, _, f, _ in rows)
-            ids = torch.zeros(len(rows), T, dtype=torch.long)
-            att = torch.zeros(len(rows), T, dtype=torch.long)
-            loss = torch.zeros(len(rows), T, dtype=torch.bool)
-            for b, (i, _, f, _) in enumerate(rows):
-                seq = contexts[i] + f
-                ids[b, :len(seq)] = torch.tensor(seq)
-                att[b, :len(seq)] = 1
-                loss[b, len(contexts[i]):len(seq)] = True
+            batch = right_padded_batch([contexts[i] + f for i, _, f, _ in rows], [len(f) for _, _, f, _ in rows], device)
             group = torch.tensor([g for _, g, _, _ in rows], device=device)
-            tok_lp, _ = shared_prefix_token_logps(model, LMBatch(ids, att, loss).to(device), group)  # (B, T)
+            tok_lp, _ = shared_prefix_token_logps(model, batch, group)  # (B, T)
             for b, (i, _, f, common) in enumerate(rows):
                 start = len(contexts[i]) + common
                 out[i].append(float(tok_lp[b, start:len(contexts[i]) + len(f)].sum()))
     return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def sample_judgments(chat: Any, judge: Any, pairs: list[tuple[Messages, str, str]], samples: int,

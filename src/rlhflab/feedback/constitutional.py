@@ -110,17 +110,10 @@ def load_constitution(path: str | Path, stage: str = "both") -> Constitution:
     """Read and check a constitution file (docs/constitutional.md). `stage` (sl | rl | both)
     says which principle fields must be present. Errors are ConfigErrors naming the file and
     the principle (or few-shot example)."""
-    import yaml
+    from rlhflab.config import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"constitution {p}: no such file")
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"constitution {p}: not valid YAML: {e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"constitution {p}: not UTF-8 text") from None
+    tree = read_yaml(p, "constitution")
     if isinstance(tree, list):
         tree = {"principles": tree}
     if not isinstance(tree, dict):

@@ -9,12 +9,12 @@ naming the file, row, principle or flag.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhflab.config_rl import check_sampling, cli_flag
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.feedback.constitutional import CAI_PAIRWISE
 
@@ -79,14 +79,10 @@ def validate(cfg: CaiConfig) -> Any:
         raise ConfigError(f"--revisions must be at least 1, got {cfg.revisions}")
     if cfg.stage == "rl" and cfg.k < 2:
         raise ConfigError(f"--k must be at least 2 (responses compared per prompt), got {cfg.k}")
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.judge_batch_size < 1:
-        raise ConfigError("--max-new-tokens, --batch-size and --judge-batch-size must be at least 1")
-    if not (cfg.temperature >= 0 and math.isfinite(cfg.temperature)):
-        raise ConfigError(f"--temperature must be >= 0, got {cfg.temperature}")
-    if cfg.stage == "rl" and cfg.temperature == 0:
-        raise ConfigError("--temperature must be > 0 for rl: the k greedy samples of a prompt would be identical")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if cfg.judge_batch_size < 1:
+        raise ConfigError("--judge-batch-size must be at least 1")
+    check_sampling(cli_flag, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.top_p, greedy_ok=cfg.stage == "sl",
+                   why="for rl: the k greedy samples of a prompt would be identical")
     if cfg.stage == "rl":
         for j in judge_configs(cfg, constitution).values():
             from rlhflab.config_feedback import check_judge

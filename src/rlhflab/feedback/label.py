@@ -186,16 +186,12 @@ class LabelConfig:
 
 
 def validate(cfg: LabelConfig) -> None:
+    from rlhflab.config_rl import check_sampling, cli_flag
     from rlhflab.sampling import check_out_path
 
     if cfg.k < 2:
         raise ConfigError(f"--k must be at least 2 (a pair needs two responses), got {cfg.k}")
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise ConfigError("--max-new-tokens and --batch-size must be at least 1")
-    if not cfg.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0 (greedy samples would be identical), got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    check_sampling(cli_flag, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, cfg.top_p)
     if not cfg.min_gap >= 0:
         raise ConfigError(f"--min-gap must be >= 0, got {cfg.min_gap}")
     if cfg.limit is not None and cfg.limit < 1:

@@ -167,13 +167,10 @@ class EnsembleFile:
 def read_ensemble_file(path: str | os.PathLike) -> EnsembleFile:
     """Read and check an ensemble JSON: at least two members, each an existing folder; when
     calibrated, a finite threshold >= 0 and one finite offset per member. ConfigError otherwise."""
+    from rlhflab.config import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ensemble file not found: {p} (write one with `rlhflab ensemble train`)")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not a valid ensemble JSON: {e}") from None
+    data = read_json(p, "ensemble file", " (write one with `rlhflab ensemble train`)")
     members = data.get("members") if isinstance(data, dict) else None
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         raise ConfigError(f"{p}: expected an object with `members`, a list of model folders")

@@ -349,8 +349,8 @@ def answer_logps(model: Any, tokenizer: Any, contexts: list[list[int]], heads: l
     for ctx, head, ans in zip(contexts, heads, answers):
         head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         full = [tokenizer(head + a, add_special_tokens=False)["input_ids"] for a in ans]
-        start = min(_common_prefix(head_ids, f) for f in full)  # where the answers' tokens begin
-        common = min(_common_prefix(full[0], f) for f in full)  # e.g. "Score:" + " " when digits are split
+        start = min(common_prefix_len(head_ids, f) for f in full)  # where the answers' tokens begin
+        common = min(common_prefix_len(full[0], f) for f in full)  # e.g. "Score:" + " " when digits are split
         common = min([common] + [len(f) - 1 for f in full])  # every answer keeps at least one token
         rows.append((ctx + full[0][:common], [f[common:] for f in full], common - start))
     device = next(model.parameters()).device
@@ -373,7 +373,7 @@ def answer_logps(model: Any, tokenizer: Any, contexts: list[list[int]], heads: l
                     seqs.append(seq + t)
                     lens.append(len(t) + n)
                     group.append(i)
-            batch = _right_padded(seqs, lens, device)
+            batch = right_padded_batch(seqs, lens, device)
             tok_lp, _ = shared_prefix_token_logps(model, batch, torch.tensor(group, device=device))
             sums = tok_lp.sum(1).tolist()
             for j, i in enumerate(group):
@@ -381,7 +381,8 @@ def answer_logps(model: Any, tokenizer: Any, contexts: list[list[int]], heads: l
     return out
 
 
-def _right_padded(seqs: list[list[int]], tail_lens: list[int], device: Any):
+def right_padded_batch(seqs: list[list[int]], tail_lens: list[int], device: Any):
+    """An LMBatch of `seqs`, right-padded, with the loss mask on each row's last `tail_lens[b]` tokens."""
     from rlhflab.types import LMBatch
 
     T_ = max(len(s) for s in seqs)
@@ -395,7 +396,8 @@ def _right_padded(seqs: list[list[int]], tail_lens: list[int], device: Any):
     return LMBatch(ids, att, loss).to(device)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -15,17 +15,10 @@ def load_judge_config(path: str | None) -> JudgeConfig:
     when `path` is None."""
     if path is None:
         return JudgeConfig()
-    import yaml
-
-    from rlhflab.config import _build, _fix_yaml_numbers
+    from rlhflab.config import _build, read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--judge-config: no such file {p}")
-    try:
-        tree = _fix_yaml_numbers(yaml.safe_load(p.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    tree = read_yaml(p, "--judge-config")
     if isinstance(tree, dict) and isinstance(tree.get("judge"), dict):
         tree = tree["judge"]
     if not isinstance(tree, dict):
@@ -52,9 +45,9 @@ def judge_from_cli(path: str | None, default_model: str, **flags: Any) -> JudgeC
 def _yaml_keys(path: str | None) -> set[str]:
     if path is None:
         return set()
-    import yaml
+    from rlhflab.config import read_yaml
 
-    tree = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    tree = read_yaml(path, "--judge-config")
     if isinstance(tree, dict) and isinstance(tree.get("judge"), dict):
         tree = tree["judge"]
     return set(tree) if isinstance(tree, dict) else set()

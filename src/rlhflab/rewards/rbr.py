@@ -143,13 +143,10 @@ def build_rbr(c: ScorerConfig, device: str = "cpu", trust_remote_code: bool = Fa
 
 def load_rbr_weights(path: str | os.PathLike, names: Sequence[str]) -> tuple[dict[str, float], float]:
     """({name: w}, bias) from a weights file of `save_rbr_weights`, checked against `names`."""
+    from rlhflab.config import read_json
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"rbr_weights file not found: {p} (write it with `rlhflab rbr fit`)")
-    try:
-        tree = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not a JSON weights file: {e}") from None
+    tree = read_json(p, "rbr_weights file", " (write it with `rlhflab rbr fit`)")
     if not isinstance(tree, dict) or not isinstance(tree.get("weights"), dict):
         raise ConfigError(f"{p}: expected an object with 'weights': {{proposition: number}} and 'bias'")
     weights, bias = tree["weights"], tree.get("bias", 0.0)
