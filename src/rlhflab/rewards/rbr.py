@@ -44,7 +44,7 @@ from rlhflab.config_feedback import PropositionConfig, check_propositions
 from rlhflab.config_rl import RuleConfig, ScorerConfig
 from rlhflab.errors import ConfigError
 from rlhflab.rewards.base import Sample, Scorer, Scores, require_column
-from rlhflab.rewards.rules import _rule_fn
+from rlhflab.rewards.rules import rule_fn
 
 CATEGORY_FIELD = "category"
 """The dataset column `PropositionConfig.applies_to` reads (e.g. harmful | benign)."""
@@ -77,7 +77,7 @@ class RBRScorer(Scorer):
         check_weight_names(weights, self.names, "weights")
         self.weights = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float32)  # (P,)
         self.bias = float(bias)
-        self.rules = {p.name: _rule_fn(rule_config(p), p.name) for p in props if p.kind != "judge"}
+        self.rules = {p.name: rule_fn(rule_config(p), p.name) for p in props if p.kind != "judge"}
         if judge is None and any(p.kind == "judge" for p in props):
             raise ConfigError("an rbr scorer with judge propositions needs a judge (the scorer's `judge:` section)")
         self.judge = judge

@@ -52,7 +52,7 @@ def is_refusal(text: str) -> bool:
     return t.startswith(REFUSAL_PREFIXES)
 
 
-def _rule_fn(rule: RuleConfig, name: str) -> Callable[[str], float]:
+def rule_fn(rule: RuleConfig, name: str) -> Callable[[str], float]:
     kind = rule.kind
     if kind in ("regex", "format"):
         if not rule.pattern:
@@ -93,7 +93,7 @@ class RuleBasedScorer(Scorer):
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f"rule names must be unique, got {self.names}")
         self.weights = [float(r.weight) for r in rules]
-        self.fns = [_rule_fn(r, n) for r, n in zip(rules, self.names)]
+        self.fns = [rule_fn(r, n) for r, n in zip(rules, self.names)]
 
     def score(self, samples: list[Sample]) -> Scores:
         parts = {n: torch.tensor([fn(s.completion) for s in samples], dtype=torch.float32)
