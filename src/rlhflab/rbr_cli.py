@@ -112,25 +112,11 @@ def ranked_pairs(ranks: list[list[str]]) -> list[tuple[int, int]]:
 def load_scorer_configs(path: str | Path) -> tuple[Any, tuple[Any, ...]]:
     """(the rbr ScorerConfig, the other ScorerConfigs) from a scorer list, a `rewards:` mapping or a
     training config; checked as a training config's scorers are (its rbr_weights may not exist yet)."""
-    from rlhflab.config import _build, read_yaml
-    from rlhflab.config_rl import ScorerConfig, _check_scorers
+    from rlhflab.config_rl import _check_scorers
+    from rlhflab.sampling import load_rewards_config
 
     p = Path(path)
-    tree = read_yaml(p, "--config")
-    if isinstance(tree, dict) and "algorithm" in tree:
-        section = tree.get(tree["algorithm"])
-        tree = section.get("rewards") if isinstance(section, dict) else None
-    elif isinstance(tree, dict) and "rewards" in tree:
-        tree = tree["rewards"]
-    if not isinstance(tree, list) or not tree or not all(isinstance(x, dict) for x in tree):
-        raise ConfigError(f"{p}: expected a list of scorers (or a training config whose `rewards:` holds one), "
-                          "one of them of type rbr")
-    configs = []
-    for i, item in enumerate(tree):
-        try:
-            configs.append(_build(ScorerConfig, item, prefix=f"rewards[{i}]."))
-        except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+    configs = load_rewards_config(p, "--config")
     rbr = [c for c in configs if c.type == "rbr"]
     if len(rbr) != 1:
         raise ConfigError(f"{p}: expected exactly one scorer of type rbr (its weights are fitted), found {len(rbr)}")

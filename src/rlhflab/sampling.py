@@ -172,24 +172,28 @@ def parse_scorer_spec(spec: str) -> ScorerConfig:
         raise ConfigError(f"--reward '{spec}': {e}") from None
 
 
-def load_rewards_config(path: str | os.PathLike) -> tuple[ScorerConfig, ...]:
+def load_rewards_config(path: str | os.PathLike, what: str = "--rewards-config") -> tuple[ScorerConfig, ...]:
     """Scorers from a YAML file: a list of scorer mappings (as under `rewards:` of a training
-    config), or a mapping whose `rewards` key holds that list."""
+    config), a mapping whose `rewards` key holds that list, or a training config (the rewards of
+    its algorithm's section). Errors name the file and the scorer (`rewards[i].key`)."""
     from rlhflab.config import _build, read_yaml
 
     p = Path(path)
-    tree = read_yaml(p, "--rewards-config")
-    if isinstance(tree, dict) and "rewards" in tree:
+    tree = read_yaml(p, what)
+    if isinstance(tree, dict) and "algorithm" in tree:
+        section = tree.get(tree["algorithm"])
+        tree = section.get("rewards") if isinstance(section, dict) else None
+    elif isinstance(tree, dict) and "rewards" in tree:
         tree = tree["rewards"]
     if not isinstance(tree, list) or not tree or not all(isinstance(x, dict) for x in tree):
-        raise ConfigError(f"{p}: expected a non-empty list of scorers, e.g. [{{type: math}}, "
-                          "{type: python, function: 'my_rewards.py:score'}]")
+        raise ConfigError(f"{p}: expected a list of scorers (or a training config whose `rewards:` holds one), "
+                          "e.g. [{type: math}, {type: python, function: 'my_rewards.py:score'}]")
     out = []
     for i, item in enumerate(tree):
         try:
-            out.append(_build(ScorerConfig, item))
+            out.append(_build(ScorerConfig, item, prefix=f"rewards[{i}]."))
         except ConfigError as e:
-            raise ConfigError(f"{p}, scorer {i + 1}: {e}") from None
+            raise ConfigError(f"{p}: {e}") from None
     return tuple(out)
 
 

@@ -13,7 +13,7 @@ from rlhflab.data import (
 )
 from rlhflab.data.tokenize import TokenizedUnpaired
 from rlhflab.errors import UserError
-from rlhflab.types import LMBatch, TokenizedPair, TokenizedSeq
+from rlhflab.types import TokenizedPair, TokenizedSeq
 
 EOS = 2
 

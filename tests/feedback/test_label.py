@@ -5,7 +5,6 @@ tiny model and its exit-code-2 paths."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 

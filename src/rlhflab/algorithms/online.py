@@ -22,7 +22,6 @@ from torch import Tensor, nn
 
 from rlhflab.algorithms.base import Algorithm, TrainContext
 from rlhflab.config import RunConfig
-from rlhflab.models.logps import completion_token_logps
 from rlhflab.rewards.base import Sample, Scores
 from rlhflab.rollout import Completion, SamplingParams
 from rlhflab.types import LMBatch

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlhflab.config import DataConfig
-from rlhflab.data.examples import LoadedData, Message, PairExample, PromptExample, SFTExample, UnpairedExample
+from rlhflab.data.examples import LoadedData, Message, PairExample, SFTExample, UnpairedExample
 from rlhflab.data.load import load_examples
 from rlhflab.data.tokenize import TokenizeReport, length_stats, tokenize_examples
 from rlhflab.types import TokenizedPair, TokenizedSeq

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from rlhflab.data.examples import Message, PairExample, PromptExample, SFTExample, UnpairedExample
-from rlhflab.data.formats import FORMATS, OPTIONAL_COLUMNS, PAIR_SCORE_COLUMNS
+from rlhflab.data.formats import FORMATS, PAIR_SCORE_COLUMNS
 from rlhflab.errors import DataError, did_you_mean
 
 ROLES = ("system", "user", "assistant", "tool")

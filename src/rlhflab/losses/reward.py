@@ -6,7 +6,6 @@ metric tensors; the loop takes the mean (or the accumulation-correct sum / count
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
