@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rlhflab import __version__
 from rlhflab.errors import UserError
@@ -92,10 +93,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     from rlhflab.feedback.label import LabelConfig, print_summary, run_label
-    from rlhflab.rewards.judge_config import judge_from_cli
 
-    judge = judge_from_cli(args.judge_config, args.model, model=args.judge_model, mode=args.judge_mode,
-                           rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
+    judge = _judge_from_args(args, args.model, args.judge_mode)
     cfg = LabelConfig(model=args.model, data=args.data, out=args.out, judge=judge, k=args.k,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                       seed=args.seed, min_gap=args.min_gap, batch_size=args.batch_size, limit=args.limit,
@@ -108,10 +107,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from rlhflab.eval.compare import CompareConfig, print_result, run_compare
-    from rlhflab.rewards.judge_config import judge_from_cli
 
-    judge = judge_from_cli(args.judge_config, args.model_b, model=args.judge_model, mode=None,
-                           rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
+    judge = _judge_from_args(args, args.model_b, None)
     cfg = CompareConfig(model_a=args.model_a, model_b=args.model_b, data=args.data, judge=judge, out=args.out,
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                         limit=args.limit, batch_size=args.batch_size)
@@ -119,6 +116,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _quiet_libraries()
     print_result(run_compare(cfg, console), console)
     return 0
+
+
+def _judge_from_args(args: argparse.Namespace, default_model: str, mode: str | None) -> Any:
+    """The JudgeConfig of the flags `_add_judge_args` defines (over --judge-config, if given)."""
+    from rlhflab.rewards.judge_config import judge_from_cli
+
+    return judge_from_cli(args.judge_config, default_model, model=args.judge_model, mode=mode,
+                          rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
 
 
 def _add_judge_args(p: argparse.ArgumentParser, default_model: str) -> None:

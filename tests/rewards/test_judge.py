@@ -246,3 +246,16 @@ def test_training_config_with_a_judge_scorer_is_checked_before_loading(tmp_path)
                         "grpo: {rewards: [{type: judge, judge: {scale: [5, 1]}}], generation: {num_generations: 2}}\n")
     with pytest.raises(ConfigError, match="scale"):
         load_config(str(cfg_file), [])
+
+
+def test_reusing_shares_the_loaded_model_only_when_it_is_the_judges(judge_dir, tmp_path):
+    from rlhflab.feedback.generate import ChatModel
+    from rlhflab.rewards.judge import model_identity
+
+    chat = ChatModel.load(str(judge_dir))
+    same = Judge.reusing(cfg(model=str(judge_dir)), "cpu", chat, str(judge_dir))
+    assert same.model is chat.model and same.identity == model_identity(judge_dir)
+    assert same.identity == Judge(cfg(model=str(judge_dir))).identity  # one cache name however it was loaded
+    other_dir = tiny_model_dir(tmp_path, tiny_tokenizer(), seed=9)
+    other = Judge.reusing(cfg(model=str(other_dir)), "cpu", chat, str(judge_dir))
+    assert other.model is not chat.model

@@ -72,10 +72,10 @@ def run_compare(cfg: CompareConfig, console: Any) -> dict[str, Any]:
         console.print(f"answering {len(prompts)} prompts with {name}")
         model = ChatModel.load(name, device, cfg.batch_size)
         answers[key] = [r[0] for r in model.reply(prompts, 1, cfg.max_new_tokens, cfg.temperature, 1.0, cfg.seed)]
-        del model
     how = "scores" if cfg.judge.mode == "pointwise" else "both orders" if cfg.judge.swap else "one order"
     console.print(f"judging with {cfg.judge.model} ({cfg.judge.mode}, {how})")
-    judge = Judge(cfg.judge, device)
+    judge = Judge.reusing(cfg.judge, device, model, cfg.model_b)  # model B is often the judge: loaded once
+    del model
     wr, verdicts = judge_win_rate(judge, prompts, answers["a"], answers["b"], cfg.seed)
     result = {"model_a": cfg.model_a, "model_b": cfg.model_b, "judge": cfg.judge.model, "prompts": len(prompts),
               **wr.as_dict(), "seconds": time.perf_counter() - t0}

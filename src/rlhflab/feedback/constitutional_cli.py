@@ -186,18 +186,13 @@ def _judges(cfg: CaiConfig, constitution: Any, chat: Any, device: str) -> dict[s
     """One Judge per principle sharing one loaded model (the policy's own, when the judge is it)."""
     from rlhflab.rewards.judge import Judge
 
-    configs = judge_configs(cfg, constitution)
     judges: dict[str, Any] = {}
-    model = tokenizer = identity = None
-    if (cfg.judge_model or cfg.model) == cfg.model:
-        model, tokenizer = chat.model, chat.tokenizer
-    for name, jc in configs.items():
-        if model is None:
-            first = Judge(jc, device)
-            model, tokenizer, identity = first.model, first.tokenizer, first.identity
-            judges[name] = first
+    first = None
+    for name, jc in judge_configs(cfg, constitution).items():
+        if first is None:
+            first = judges[name] = Judge.reusing(jc, device, chat, cfg.model)
         else:
-            judges[name] = Judge(jc, device, model=model, tokenizer=tokenizer, identity=identity)
+            judges[name] = Judge(jc, device, model=first.model, tokenizer=first.tokenizer, identity=first.identity)
     return judges
 
 

@@ -54,9 +54,10 @@ class LabelStats:
 
 def label_prompts(policy: Any, judge: Any, prompts: list[Messages], k: int, max_new_tokens: int = 128,
                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, min_gap: float = 0.0,
-                  progress: Any = None) -> tuple[list[dict[str, Any]], LabelStats]:
+                  progress: Any = None, prompt_values: list[Any] | None = None) -> tuple[list[dict[str, Any]], LabelStats]:
     """Sample k replies per prompt with `policy` (a feedback.generate.ChatModel), judge them with
-    `judge` (rewards.judge.Judge), and return pairwise rows (prompt = the messages) and counts.
+    `judge` (rewards.judge.Judge), and return pairwise rows and counts. A row's `prompt` is
+    `prompt_values[i]` (e.g. the file's own prompt string) when given, else the messages.
     `progress`: a callable advanced by the number of prompts done."""
     t0 = time.perf_counter()
     if k < 2:
@@ -69,10 +70,11 @@ def label_prompts(policy: Any, judge: Any, prompts: list[Messages], k: int, max_
     for c, s in enumerate(range(0, len(prompts), chunk)):
         part = prompts[s:s + chunk]
         replies = policy.reply(part, k, max_new_tokens, temperature, top_p, seed=seed * 1_000_003 + c)
+        shown = prompt_values[s:s + chunk] if prompt_values is not None else part
         if judge.cfg.mode == "pointwise":
-            new = _pointwise_pairs(judge, part, replies, min_gap, stats)
+            new = _pointwise_pairs(judge, part, shown, replies, min_gap, stats)
         else:
-            new = _pairwise_pairs(judge, part, replies, min_gap, stats, consistent, first_bias)
+            new = _pairwise_pairs(judge, part, shown, replies, min_gap, stats, consistent, first_bias)
         for row in new:
             best_scores.append(row["chosen_reward"])
             worst_scores.append(row["rejected_reward"])
@@ -91,13 +93,13 @@ def label_prompts(policy: Any, judge: Any, prompts: list[Messages], k: int, max_
     return rows, stats
 
 
-def _pointwise_pairs(judge: Any, prompts: list[Messages], replies: list[list[str]], min_gap: float,
+def _pointwise_pairs(judge: Any, prompts: list[Messages], shown: list[Any], replies: list[list[str]], min_gap: float,
                      stats: LabelStats) -> list[dict[str, Any]]:
     flat_p = [p for p, rs in zip(prompts, replies) for _ in rs]
     flat_r = [r for rs in replies for r in rs]
     verdicts = judge.pointwise(flat_p, flat_r)
     rows, i = [], 0
-    for p, rs in zip(prompts, replies):
+    for p, rs in zip(shown, replies):
         vs = verdicts[i:i + len(rs)]
         i += len(rs)
         scores = [v.score if math.isfinite(v.score) else -math.inf for v in vs]
@@ -115,7 +117,7 @@ def _pointwise_pairs(judge: Any, prompts: list[Messages], replies: list[list[str
     return rows
 
 
-def _pairwise_pairs(judge: Any, prompts: list[Messages], replies: list[list[str]], min_gap: float,
+def _pairwise_pairs(judge: Any, prompts: list[Messages], shown: list[Any], replies: list[list[str]], min_gap: float,
                     stats: LabelStats, consistent: list[bool], first_bias: list[float]) -> list[dict[str, Any]]:
     jobs = [(g, a, b) for g, rs in enumerate(replies) for a in range(len(rs)) for b in range(a + 1, len(rs))]
     verdicts = judge.pairwise([prompts[g] for g, _, _ in jobs], [replies[g][a] for g, a, _ in jobs],
@@ -130,7 +132,7 @@ def _pairwise_pairs(judge: Any, prompts: list[Messages], replies: list[list[str]
         if v.p_a_second is not None:
             first_bias.append((v.p_a_first + 1.0 - v.p_a_second) / 2)
     rows = []
-    for g, (p, rs) in enumerate(zip(prompts, replies)):
+    for g, (p, rs) in enumerate(zip(shown, replies)):
         score = [w / (len(rs) - 1) for w in wins[g]]
         b = max(range(len(rs)), key=lambda j: score[j])
         w = min(range(len(rs)), key=lambda j: score[j])
@@ -232,18 +234,13 @@ def run_label(cfg: LabelConfig, console: Any) -> LabelStats:
         console.print(f"[yellow]warning:[/] {w}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = ChatModel.load(cfg.model, device, cfg.batch_size)
-    same = resolve_model_path(cfg.model).resolve() == resolve_model_path(cfg.judge.model).resolve()
-    judge = (Judge(cfg.judge, device, policy.model, policy.tokenizer, identity=str(resolve_model_path(cfg.model).resolve()))
-             if same else Judge(cfg.judge, device))
+    judge = Judge.reusing(cfg.judge, device, policy, cfg.model)
     progress = Progress(TextColumn("labeling prompts"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console)
     with progress:
         task = progress.add_task("label", total=len(prompts))
         rows, stats = label_prompts(policy, judge, prompts, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    cfg.seed, cfg.min_gap, lambda n: progress.advance(task, n))
-    index = {id(p): v for p, v in zip(prompts, values)}
-    for row in rows:
-        row["prompt"] = index.get(id(row["prompt"]), row["prompt"])
+                                    cfg.seed, cfg.min_gap, lambda n: progress.advance(task, n), values)
     if not rows:
         raise ConfigError(f"no pair to write: the judge separated no prompt's best and worst responses "
                           f"({stats.skipped_small_gap} below --min-gap, {stats.skipped_inconsistent} inconsistent, "

@@ -101,6 +101,11 @@ def _file_fingerprint(path: Path) -> str:
     return ";".join(parts)
 
 
+def model_identity(path: Path) -> str:
+    """A model folder's name in the verdict cache: its path and the size and time of its weights."""
+    return f"{path.resolve()}|{_file_fingerprint(path)}"
+
+
 class Judge:
     """A judge model behind `pointwise`, `pairwise` and `yes_no`.
 
@@ -120,7 +125,7 @@ class Judge:
             tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
             model = load_causal_lm(path, device=device, trust_remote_code=trust_remote_code)
             model.requires_grad_(False).eval()
-            identity = identity or f"{path.resolve()}|{_file_fingerprint(path)}"
+            identity = identity or model_identity(path)
         elif tokenizer is None:
             raise ValueError("a judge given a model needs its tokenizer too")
         self.model, self.tokenizer = model, tokenizer
@@ -138,6 +143,18 @@ class Judge:
                     continue  # a torn last line from an interrupted run
         self.calls = 0
         """Judge prompts actually run (cache misses)."""
+
+    @classmethod
+    def reusing(cls, cfg: JudgeConfig, device: str, chat: Any, chat_name: str) -> "Judge":
+        """A judge of `cfg.model` that judges with `chat` (a loaded ChatModel of the folder or
+        embedded name `chat_name`) when that is the judge's own model: one copy in memory, and the
+        same cache identity as loading it. Otherwise the judge loads its model."""
+        from rlhflab.models import resolve_model_path
+
+        path = resolve_model_path(cfg.model)
+        if path.resolve() == resolve_model_path(chat_name).resolve():
+            return cls(cfg, device, chat.model, chat.tokenizer, identity=model_identity(path))
+        return cls(cfg, device)
 
     # ------------------------------------------------------------------ public API
 
