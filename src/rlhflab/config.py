@@ -19,6 +19,7 @@ import yaml
 
 from rlhflab.config_rl import RL_ALGORITHMS, BestOfNConfig, OnlineDPOConfig, RLConfig, validate_online
 from rlhflab.config_feedback import SelfRewardingConfig, check_self_rewarding
+from rlhflab.config_logging import MlflowConfig, WandbConfig, check_trackers
 from rlhflab.errors import ConfigError, did_you_mean
 
 
@@ -247,6 +248,10 @@ class RunConfig:
     """Allow model folders to run their own code."""
     tensorboard: bool = True
     """Write TensorBoard event files to output_dir/tensorboard."""
+    wandb: WandbConfig | None = None
+    """Log metrics and the config to Weights & Biases (needs the wandb package); null = off."""
+    mlflow: MlflowConfig | None = None
+    """Log metrics and the config to MLflow (needs the mlflow package); null = off."""
     sft: SFTConfig | None = None
     """Settings of `algorithm: sft`."""
     reward_model: RewardModelConfig | None = None
@@ -505,6 +510,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("checkpoint_every and eval_every must be >= 0 and log_every >= 1")
     if cfg.keep_checkpoints < 1:
         raise ConfigError("keep_checkpoints must be at least 1")
+    check_trackers(cfg.wandb, cfg.mlflow)
     if cfg.lora is not None and (cfg.lora.r < 1 or cfg.lora.alpha <= 0):
         raise ConfigError("lora.r must be >= 1 and lora.alpha > 0")
     if cfg.dpo is not None:

@@ -197,7 +197,8 @@ class Loop:
 
     def run(self, stop_at: int | None = None) -> LoopState:
         cfg = self.cfg
-        writer = MetricsWriter(self.out_dir, cfg.tensorboard, self.state.step if self.state.step else None)
+        writer = MetricsWriter(self.out_dir, cfg, self.state.step if self.state.step else None, self.console)
+        finished = False
         end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         try:
             with make_progress(self.console) as progress:
@@ -227,8 +228,9 @@ class Loop:
                         save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
                                         {"max_steps": cfg.max_steps, "seed": cfg.seed,
                                          "algorithm_state": self.algo.state_dict()}, cfg.keep_checkpoints)
+            finished = True
         finally:
-            writer.close()
+            writer.close(ok=finished)
         return self.state
 
 

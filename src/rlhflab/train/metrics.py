@@ -1,4 +1,5 @@
-"""Where metrics go: metrics.jsonl (every step), TensorBoard, and a rich progress bar with ETA."""
+"""Where metrics go: metrics.jsonl (every step), the trackers (TensorBoard, W&B, MLflow), and a rich
+progress bar with ETA."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per optimizer step; mirrors scalars to TensorBoard if enabled."""
+    """Appends one JSON object per optimizer step; mirrors the scalars to the enabled trackers
+    (TensorBoard by default, W&B and MLflow when configured: train/trackers.py)."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool, resume_step: int | None):
+    def __init__(self, out_dir: Path, cfg: Any, resume_step: int | None, console: Any = None):
+        from rlhflab.train.trackers import TrackerSet, make_trackers
+
         self.path = out_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Drop rows written after the checkpoint we resume from (the run was killed later).
@@ -46,28 +50,16 @@ class MetricsWriter:
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step)
-            except ImportError:  # tensorboard is a dependency, but stay usable without it
-                self._tb = None
+        self.trackers = TrackerSet(make_trackers(cfg, out_dir, resume_step, console), console)
 
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(key, value, step)
+        self.trackers.log(row)
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        self.trackers.close(ok)
 
 
 def make_progress(console: Console, label: str = "train") -> Progress:
