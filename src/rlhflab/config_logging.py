@@ -34,7 +34,8 @@ class WandbConfig:
 @dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str | None = None
-    """MLflow tracking URI; None = MLFLOW_TRACKING_URI if set, else a file store in output_dir/mlruns."""
+    """MLflow tracking URI; None = MLFLOW_TRACKING_URI if set, else a SQLite store, output_dir/mlflow.db
+    (MLflow 3 no longer creates file stores; SQLite needs sqlalchemy, which full `mlflow` installs)."""
     experiment: str = "rlhflab"
     """Experiment name (created when missing)."""
     run_name: str | None = None

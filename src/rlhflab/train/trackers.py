@@ -10,6 +10,8 @@ and is switched off; it never stops the training.
 from __future__ import annotations
 
 import math
+import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,7 +77,7 @@ class WandbTracker:
 
         w = cfg.wandb
         self._wandb = wandb
-        run_id = _run_id(out_dir / "wandb_id", wandb.util.generate_id)
+        run_id = _run_id(out_dir / "wandb_id", lambda: secrets.token_hex(6))
         self._run = wandb.init(project=w.project, entity=w.entity, name=w.name or out_dir.name, group=w.group,
                                tags=list(w.tags), mode=w.mode, dir=str(out_dir), config=config_tree, id=run_id,
                                resume="allow")
@@ -97,8 +99,8 @@ class MlflowTracker:
         self._mlflow = mlflow
         if m.tracking_uri:
             mlflow.set_tracking_uri(m.tracking_uri)
-        elif not _env("MLFLOW_TRACKING_URI"):
-            mlflow.set_tracking_uri((out_dir / "mlruns").resolve().as_uri())
+        elif not os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow 3 refuses new file stores: a SQLite file
+            mlflow.set_tracking_uri(f"sqlite:///{(out_dir / 'mlflow.db').resolve()}")
         mlflow.set_experiment(m.experiment)
         id_file = out_dir / "mlflow_run_id"
         tags = dict(t.split("=", 1) if "=" in t else (t, "true") for t in m.tags)
@@ -115,12 +117,6 @@ class MlflowTracker:
 
     def close(self, ok: bool) -> None:
         self._mlflow.end_run(status="FINISHED" if ok else "FAILED")
-
-
-def _env(name: str) -> str | None:
-    import os
-
-    return os.environ.get(name)
 
 
 def make_trackers(cfg: Any, out_dir: Path, resume_step: int | None, console: Console | None = None) -> list[Any]:
