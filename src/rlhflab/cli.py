@@ -59,6 +59,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rlhflab.report.html import write_report
+
+    print(write_report(args.runs, args.out))
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from rlhflab.merge import average_models
 
@@ -232,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run, or of several runs on shared plots "
+                                      "(docs/report.md)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (the output_dir of rlhflab train)")
+    p.add_argument("--out", default=None, metavar="FILE.html",
+                   help="where to write it (default: RUN_DIR/report.html for one run; for several, "
+                        "compare_<run>_vs_<run>.html in their common parent folder)")
+    p.set_defaults(func=cmd_report)
+
+    from rlhflab.eval.eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)  # rlhflab eval MODEL ... (docs/evaluation.md)
 
     from rlhflab.ensemble_cli import add_parser as add_ensemble_parser
 

@@ -19,6 +19,7 @@ import yaml
 
 from rlhflab.config_rl import RL_ALGORITHMS, BestOfNConfig, OnlineDPOConfig, RLConfig, validate_online
 from rlhflab.config_feedback import SelfRewardingConfig, check_self_rewarding
+from rlhflab.config_eval import EvalConfig
 from rlhflab.config_logging import MlflowConfig, WandbConfig, check_trackers
 from rlhflab.errors import ConfigError, did_you_mean
 
@@ -284,6 +285,9 @@ class RunConfig:
     """Settings of `algorithm: best_of_n` (rejection-sampling fine-tuning)."""
     self_rewarding: SelfRewardingConfig | None = None
     """Settings of `algorithm: self_rewarding` (the policy judges its own samples; iterative DPO; Con-J)."""
+    evaluation: EvalConfig | None = None
+    """Generation-based evaluation during training (every `evaluation.every` steps and after the last
+    step): rewards, accuracy, lengths, KL to the reference, best checkpoint (docs/evaluation.md)."""
 
     @property
     def algo(self) -> Any:
@@ -530,6 +534,10 @@ def validate(cfg: RunConfig) -> None:
         validate_online(cfg.algorithm, section, cfg.batch_size, cfg.micro_batch_size, cfg.max_steps)
     if cfg.self_rewarding is not None:
         check_self_rewarding(cfg)
+    if cfg.evaluation is not None:
+        from rlhflab.config_eval import check_run_evaluation
+
+        check_run_evaluation(cfg)
 
 
 DPO_HPARAMS = ("beta", "label_smoothing", "delta", "nll_weight", "lam", "gamma", "alpha", "eta", "distance",

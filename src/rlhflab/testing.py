@@ -12,20 +12,30 @@ CHATML = (
 )
 
 
-def tiny_tokenizer(chat_template: str | None = CHATML, bos_in_template: bool = False) -> Any:
-    """A byte-level tokenizer (one token per byte, no merges) with ChatML special tokens.
+def tiny_tokenizer(chat_template: str | None = CHATML, bos_in_template: bool = False,
+                   words: tuple[str, ...] = ()) -> Any:
+    """A byte-level tokenizer (one token per byte; no merges unless `words`) with ChatML special tokens.
 
     Ids: 0 `<s>` (BOS, added by `tokenizer(text)`, not by the chat template unless
     `bos_in_template`), 1 `<|im_start|>`, 2 `<|im_end|>` (EOS and also PAD, as in SmolLM2), then
     the 256 byte tokens (len = 259). `chat_template=None` gives a tokenizer with no template.
+
+    `words`: BPE merges that make each space-prefixed word (' great') one token, with ids after
+    the bytes (the chain of merges of each word's prefixes adds the prefixes as tokens too). Only
+    space-prefixed words merge, so a word inside another text stays bytes unless a space precedes
+    it; text still round-trips exactly.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<s>", "<|im_start|>", "<|im_end|>"]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges: list[tuple[str, str]] = []
+    for w in ("\u0120" + w for w in words):  # \u0120 (Ġ) is the byte-level space; merges left to right
+        merges += [(w[:i], w[i]) for i in range(1, len(w)) if (w[:i], w[i]) not in merges]
+    merged = list(dict.fromkeys(a + b for a, b in merges))
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet + merged)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)

@@ -19,6 +19,7 @@ from rlhflab.algorithms import reference as refcache
 from rlhflab.algorithms.base import Algorithm, StepOutput, TrainContext
 from rlhflab.config import RunConfig, dpo_losses
 from rlhflab.errors import DataError
+from rlhflab.eval.stats import falling_trend
 from rlhflab.losses.preference import PAIRWISE, PairLogps, hparams_of
 from rlhflab.types import LMBatch, PairBatch
 
@@ -36,18 +37,6 @@ def concat_sides(batch: PairBatch) -> LMBatch:
         loss_mask=torch.cat([c.loss_mask, r.loss_mask]),
         rows=c.rows + r.rows,
     )
-
-
-def falling_trend(values: list[float], min_drop: float) -> bool:
-    """True when a least-squares line through `values` falls by more than `min_drop` over the
-    window and the last value is below the first by more than `min_drop`."""
-    n = len(values)
-    if n < 3:
-        return False
-    x = torch.arange(n, dtype=torch.float64)
-    y = torch.tensor(values, dtype=torch.float64)
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
-    return slope * (n - 1) < -min_drop and values[-1] < values[0] - min_drop
 
 
 class DPO(Algorithm):

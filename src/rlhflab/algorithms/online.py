@@ -85,14 +85,6 @@ def per_token_to_sequences(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum(1)
 
 
-def rising_while_falling(rewards: list[float], gold: list[float], min_change: float) -> bool:
-    """True when a least-squares line through `rewards` rises by more than `min_change` over the
-    window while the one through `gold` falls by more than `min_change`."""
-    from rlhflab.algorithms.dpo import falling_trend
-
-    return falling_trend([-r for r in rewards], min_change) and falling_trend(gold, min_change)
-
-
 @dataclass(frozen=True)
 class _RaggedPlan:
     """A step whose sequences do not split evenly: the last micro-batch is smaller (the loss is
@@ -277,6 +269,7 @@ class OnlineAlgorithm(Algorithm):
         batch.rows = [prompts[c.prompt_index].row for c in completions]
         batch.seq["group"] = torch.tensor([c.prompt_index for c in completions])
         self.log_rollout(completions, scores)
+        self.log_samples(round_, prompts, completions, scores)
         t = time.perf_counter()
         out = self.prepare(model, batch, completions, scores, round_)
         self.pending["time/reference_s"] = time.perf_counter() - t
@@ -310,6 +303,18 @@ class OnlineAlgorithm(Algorithm):
         p["response_length/mean"] = float(lengths.mean())
         p["response_length/max"] = float(lengths.max())
         p["truncated_fraction"] = sum(c.finish_reason == "length" for c in completions) / len(completions)
+
+    def log_samples(self, round_: int, prompts: list[Any], completions: list[Completion],
+                    scores: dict[str, Scores]) -> None:
+        """A handful of the round's completions with their scores to samples.jsonl, at about 8 rounds
+        of the run: the first, the last and evenly between (report.runlog.sample_rounds)."""
+        from pathlib import Path
+
+        from rlhflab.report.runlog import sample_rounds, write_rollout_samples
+
+        k = self.updates_per_rollout
+        if round_ in sample_rounds(-(-self.cfg.max_steps // k)):
+            write_rollout_samples(Path(self.cfg.output_dir), round_ * k + 1, prompts, completions, scores)
 
     # ------------------------------------------------------------------ the loop's hooks
     def batches_for_step(self, model: nn.Module, step: int) -> list[Any] | None:
@@ -345,6 +350,20 @@ class OnlineAlgorithm(Algorithm):
 
     def summary_extra(self) -> dict[str, Any]:
         return dict(self.extra)
+
+    def check_history(self, history: list[dict[str, Any]]) -> list[str]:
+        """The `reward_hacking` warning (once per run) when rounds log a gold metric (`gold:`
+        scorers): over recent rounds the reward rises while the gold falls and the KL grows
+        (rlhflab.eval.hacking.detect; thresholds in docs/reward_hacking.md)."""
+        if getattr(self, "_hacking_warned", False) or not history or "gold/mean" not in history[-1]:
+            return []  # checked once per round, on the step that logged it
+        from rlhflab.eval.hacking import HackingSeries, detect
+
+        found = detect(HackingSeries.from_rows(history))
+        if found is None:
+            return []
+        self._hacking_warned = True
+        return [found.message()]
 
     # ------------------------------------------------------------------ evaluation and saving
     def evaluate(self, model: nn.Module, items: list[Any], micro_batch_size: int) -> dict[str, float]:

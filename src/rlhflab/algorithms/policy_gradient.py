@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from rlhflab.advantages import AdvantageInput, compute_advantages
 from rlhflab.algorithms.base import StepOutput, TrainContext
-from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, per_token_to_sequences, rising_while_falling
+from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, per_token_to_sequences
 from rlhflab.config import RunConfig
 from rlhflab.config_rl import resolve_rl
 from rlhflab.losses.policy import aggregate, policy_loss
@@ -368,7 +368,7 @@ class PolicyGradient(OnlineAlgorithm):
 
     # ------------------------------------------------------------------ warnings
     def check_history(self, history: list[dict[str, Any]]) -> list[str]:
-        out = []
+        out = super().check_history(history)  # reward_hacking
         k = self.s.zero_variance_warn_steps
         zv = [h["zero_variance_groups"] for h in history if "zero_variance_groups" in h]
         if k and len(zv) >= k and all(z >= 1.0 for z in zv[-k:]):
@@ -380,10 +380,6 @@ class PolicyGradient(OnlineAlgorithm):
             out.append("kl_negative: the estimated KL(policy || reference) is negative on average over the last rollouts; "
                        "the sampled tokens are not from the policy the log-probs describe (temperature, top_p/top_k or a "
                        "stale engine)")
-        pairs = [(h["reward/mean"], h["gold/mean"]) for h in history if "gold/mean" in h and "reward/mean" in h][-10:]
-        if len(pairs) >= 6 and rising_while_falling([p[0] for p in pairs], [p[1] for p in pairs], 0.05):
-            out.append("reward_hacking: the reward is rising while the held-out gold score is falling (over-optimization, "
-                       "2210.10760); raise kl_coef or stop earlier")
         return out
 
 

@@ -5,19 +5,19 @@ pairwise judge compares the two answers (in both orders with swap), a pointwise 
 and the higher expected score wins. The result is written as JSON (win rate with a 95% bootstrap
 interval, wins / losses / ties, position consistency) plus one JSONL row per prompt with both
 answers and the verdict.
+
+It is `rlhflab eval A --reference B` with a judge and nothing else: the same generation, prompt
+rendering and win-rate code (eval.runner.run_eval), kept as its own command for its output files.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rlhflab.config_feedback import JudgeConfig, check_judge
+from rlhflab.config_feedback import JudgeConfig
 from rlhflab.errors import ConfigError
 
 
@@ -41,51 +41,45 @@ class CompareConfig:
     batch_size: int = 32
 
 
-def validate(cfg: CompareConfig) -> None:
-    from rlhflab.config_rl import check_sampling, cli_flag
+def eval_settings(cfg: CompareConfig) -> Any:
+    """The `rlhflab eval` settings this comparison is: model A against the reference B, judged,
+    without scorers or KL."""
+    from rlhflab.config_eval import EvalConfig, resolve_defaults
 
-    check_judge("judge", cfg.judge)
-    check_sampling(cli_flag, cfg.max_new_tokens, cfg.batch_size, cfg.temperature, 1.0, greedy_ok=True)
-    if cfg.limit is not None and cfg.limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
+    return resolve_defaults(EvalConfig(data=cfg.data, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       seed=cfg.seed, limit=cfg.limit, batch_size=cfg.batch_size, kl=False,
+                                       judge=cfg.judge))
+
+
+def validate(cfg: CompareConfig) -> None:
+    from rlhflab.config_eval import check_eval
+
+    check_eval(eval_settings(cfg), "--")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
 
 
 def run_compare(cfg: CompareConfig, console: Any) -> dict[str, Any]:
-    from rlhflab.eval.winrate import judge_win_rate
-    from rlhflab.feedback.generate import ChatModel
-    from rlhflab.feedback.label import read_prompts
-    from rlhflab.models import EMBEDDED, resolve_model_path
-    from rlhflab.rewards.judge import Judge
+    """`rlhflab eval --reference B A` with a judge and nothing else (eval.runner.run_eval); writes
+    compare.json and one verdicts.jsonl row per prompt."""
+    from rlhflab.config import DataConfig
+    from rlhflab.eval.runner import run_eval
 
-    t0 = time.perf_counter()
     validate(cfg)
-    prompts, values, _ = read_prompts(cfg.data, cfg.limit)
-    for name in (cfg.model_a, cfg.model_b, cfg.judge.model):
-        if name != EMBEDDED:
-            resolve_model_path(name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    answers = {}
-    for key, name in (("a", cfg.model_a), ("b", cfg.model_b)):
-        console.print(f"answering {len(prompts)} prompts with {name}")
-        model = ChatModel.load(name, device, cfg.batch_size)
-        answers[key] = [r[0] for r in model.reply(prompts, 1, cfg.max_new_tokens, cfg.temperature, 1.0, cfg.seed)]
-    how = "scores" if cfg.judge.mode == "pointwise" else "both orders" if cfg.judge.swap else "one order"
-    console.print(f"judging with {cfg.judge.model} ({cfg.judge.mode}, {how})")
-    judge = Judge.reusing(cfg.judge, device, model, cfg.model_b)  # model B is often the judge: loaded once
-    del model
-    wr, verdicts = judge_win_rate(judge, prompts, answers["a"], answers["b"], cfg.seed)
-    result = {"model_a": cfg.model_a, "model_b": cfg.model_b, "judge": cfg.judge.model, "prompts": len(prompts),
-              **wr.as_dict(), "seconds": time.perf_counter() - t0}
+    res = run_eval([(cfg.model_a, cfg.model_a)], (cfg.model_b, cfg.model_b), eval_settings(cfg), DataConfig(), console)
+    a, b = res.models[0], res.reference
+    wr = {k: v for k, v in a.win.items() if k != "by"}
+    result = {"model_a": cfg.model_a, "model_b": cfg.model_b, "judge": cfg.judge.model, "prompts": len(res.kept),
+              **wr, "seconds": res.seconds}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     with (out / "verdicts.jsonl").open("w", encoding="utf-8") as f:
-        for p, a, b, v in zip(values, answers["a"], answers["b"], verdicts):
-            f.write(json.dumps({"prompt": p, "a": a, "b": b, "winner": v.winner, "p_a": v.p_a,
-                                "p_a_first": v.p_a_first, "p_a_second": v.p_a_second}, ensure_ascii=False) + "\n")
+        for i, ca, cb, v in zip(res.kept, a.result.completions, b.result.completions, a.verdicts):
+            f.write(json.dumps({"prompt": res.prompts.values[i], "a": ca.text.strip(), "b": cb.text.strip(),
+                                "winner": v.winner, "p_a": v.p_a, "p_a_first": v.p_a_first,
+                                "p_a_second": v.p_a_second}, ensure_ascii=False) + "\n")
     return result
 
 

@@ -2,9 +2,14 @@
 
 `auroc(pos, neg)`: the area under the ROC curve of a score that should be higher for the
 positive class, computed as the normalized Mann-Whitney U statistic.
+`linear_trend(values)` / `falling_trend(values, min_drop, min_t)`: the least-squares trend of a
+metric over a window of steps and its t statistic, shared by the training warnings (DPO's falling
+chosen log-prob, the reward-hacking monitor of `rlhflab.eval.hacking`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -44,3 +49,41 @@ def auroc(pos: Tensor, neg: Tensor) -> float:
     n_pos, n_neg = p.numel(), n.numel()
     u = float(ranks[:n_pos].sum()) - n_pos * (n_pos + 1) / 2
     return u / (n_pos * n_neg)
+
+
+def linear_trend(values: list[float]) -> tuple[float, float]:
+    """The least-squares line y = a + b i through (i, values[i]), i = 0..n-1 (n >= 3):
+    (change over the window b (n - 1), t statistic of the slope b / se(b)).
+
+        b = sum_i (i - i_bar)(y_i - y_bar) / S_xx,   S_xx = sum_i (i - i_bar)^2
+        se(b) = sqrt(sum_i r_i^2 / (n - 2) / S_xx),  r_i = y_i - a - b i
+
+    t is +-inf for a perfect line with b != 0 and 0 for b = 0. Under independent Gaussian noise
+    around a flat line, t follows Student's t with n - 2 degrees of freedom (P(t < -3) = 0.0085
+    for n = 10).
+    """
+    n = len(values)
+    if n < 3:
+        raise ValueError(f"linear_trend needs at least 3 values, got {n}")
+    x = torch.arange(n, dtype=torch.float64)
+    y = torch.tensor(values, dtype=torch.float64)
+    xc = x - x.mean()
+    sxx = float((xc**2).sum())
+    slope = float((xc * (y - y.mean())).sum()) / sxx
+    resid = y - y.mean() - slope * xc
+    se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
+    if se <= 1e-12 * max(1.0, float(y.abs().max())):
+        t = 0.0 if slope == 0 else math.copysign(math.inf, slope)
+    else:
+        t = slope / se
+    return slope * (n - 1), t
+
+
+def falling_trend(values: list[float], min_drop: float, min_t: float = 0.0) -> bool:
+    """True when a least-squares line through `values` falls by more than `min_drop` over the
+    window, the last value is below the first by more than `min_drop`, and (for `min_t` > 0) the
+    slope's t statistic is below -`min_t` (`linear_trend`). Fewer than 3 values: False."""
+    if len(values) < 3:
+        return False
+    change, t = linear_trend(values)
+    return change < -min_drop and values[-1] < values[0] - min_drop and -t >= min_t

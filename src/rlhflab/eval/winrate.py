@@ -3,7 +3,8 @@
 Each prompt gives one outcome from the (order-swapped) pairwise judge: 1 (A wins), 0 (B wins) or
 1/2 (a tie, including verdicts that flip with the order); a dropped verdict (judge setting
 `inconsistent: drop`) is left out. The win rate is the mean outcome; the 95% interval is the
-percentile bootstrap over prompts (seeded, so the same outcomes give the same interval).
+percentile bootstrap over prompts (seeded, so the same outcomes give the same interval). A scorer
+can decide instead of a judge (`verdicts_from_scores`: the higher score wins, equal scores tie).
 """
 
 from __future__ import annotations
@@ -77,12 +78,23 @@ def judge_win_rate(judge: Any, prompts: list[list[dict[str, str]]], responses_a:
     if judge.cfg.mode == "pairwise":
         verdicts = judge.pairwise(prompts, responses_a, responses_b)
     else:
-        from rlhflab.rewards.judge import PairwiseVerdict
-
         sa, sb = judge.pointwise(prompts, responses_a), judge.pointwise(prompts, responses_b)
-        verdicts = []
-        for x, y in zip(sa, sb):
-            p = 1.0 if x.score > y.score else 0.0 if x.score < y.score else 0.5
-            verdicts.append(PairwiseVerdict(p, "a" if p == 1 else "b" if p == 0 else "tie", True, p, None,
-                                            [r for r in (x.rationale, y.rationale) if r]))
+        verdicts = verdicts_from_scores([x.score for x in sa], [y.score for y in sb],
+                                        [[r for r in (x.rationale, y.rationale) if r] for x, y in zip(sa, sb)])
     return win_rate_from_verdicts(verdicts, seed), verdicts
+
+
+def verdicts_from_scores(scores_a: list[float], scores_b: list[float],
+                         rationales: list[list[str]] | None = None) -> list[Any]:
+    """One PairwiseVerdict per pair of scores: the higher score wins (p_a = 1 or 0), equal scores
+    tie (p_a = 1/2). Always position-consistent (nothing was shown in an order)."""
+    from rlhflab.rewards.judge import PairwiseVerdict
+
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"{len(scores_a)} scores for A but {len(scores_b)} for B")
+    out = []
+    for i, (x, y) in enumerate(zip(scores_a, scores_b)):
+        p = 1.0 if x > y else 0.0 if x < y else 0.5
+        out.append(PairwiseVerdict(p, "a" if p == 1 else "b" if p == 0 else "tie", True, p, None,
+                                   rationales[i] if rationales else []))
+    return out

@@ -82,12 +82,14 @@ def _axis(values: list[float], log: bool, pad_zero: bool) -> Axis:
 
 
 def fmt_tick(v: float) -> str:
-    """Compact tick label: 0.001, 2.5, 1200, 3e+06."""
+    """Compact tick label: 0.001, 2.5, 1200, 0.00025, 3.5e-05, 3e+06."""
     if v == 0:
         return "0"
     a = abs(v)
     if a >= 1e5 or a < 1e-3:
-        return f"{v:.0e}"
+        return f"{v:.3g}"  # 3 digits: neighbouring ticks such as 2.5e-4 and 3e-4 stay distinct
+    if v == int(v):
+        return str(int(v))  # 15000, not 1.5e+04
     return f"{v:.4g}"
 
 
@@ -117,20 +119,7 @@ def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_l
     def py(v: float) -> float:
         return ay.scale(v, mt + ph, mt)
 
-    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    for t in ay.ticks:
-        y = py(t)
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{ml - 5}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
-    for t in ax.ticks:
-        x = px(t)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#f3f3f3"/>'
-                   f'<text x="{x:.1f}" y="{mt + ph + 15}" text-anchor="middle">{fmt_tick(t)}</text>')
-    if x_label:
-        out.append(f'<text x="{ml + pw / 2}" y="{mt + ph + 33}" text-anchor="middle">{escape(x_label)}</text>')
-    if y_label:
-        out.append(f'<text transform="translate(14,{mt + ph / 2}) rotate(-90)" text-anchor="middle">'
-                   f'{escape(y_label)}</text>')
+    out.append(_frame(ax, ay, (ml, mt, pw, ph), x_label, y_label))
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
         dash = ' stroke-dasharray="5,3"' if s.dashed else ""
@@ -155,6 +144,79 @@ def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_l
         dash = ' stroke-dasharray="5,3"' if s.dashed else ""
         out.append(f'<line x1="{ml}" x2="{ml + 22}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>'
                    f'<text x="{ml + 28}" y="{y}">{escape(s.name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _frame(ax: Axis, ay: Axis, box: tuple[float, float, float, float], x_label: str, y_label: str) -> str:
+    """The plot box, grid lines, tick labels and axis labels of a chart."""
+    ml, mt, pw, ph = box
+    out = [f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for t in ay.ticks:
+        y = ay.scale(t, mt + ph, mt)
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+                   f'<text x="{ml - 5}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
+    for t in ax.ticks:
+        x = ax.scale(t, ml, ml + pw)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#f3f3f3"/>'
+                   f'<text x="{x:.1f}" y="{mt + ph + 15}" text-anchor="middle">{fmt_tick(t)}</text>')
+    if x_label:
+        out.append(f'<text x="{ml + pw / 2}" y="{mt + ph + 33}" text-anchor="middle">{escape(x_label)}</text>')
+    if y_label:
+        out.append(f'<text transform="translate(14,{mt + ph / 2}) rotate(-90)" text-anchor="middle">'
+                   f'{escape(y_label)}</text>')
+    return "".join(out)
+
+
+def _bins(n: int, max_bars: int) -> list[range]:
+    """Consecutive index ranges covering 0..n-1, at most `max_bars` of them, as equal as possible."""
+    k = min(n, max_bars)
+    return [range(n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
+def stacked_bar_chart(x: Sequence[float], parts: Sequence[Series], title: str = "", x_label: str = "",
+                      y_label: str = "", width: int = 560, height: int = 300, max_bars: int = 200) -> str:
+    """Bars at `x` stacking the `parts` (each a Series whose `y` has one value per x; None or
+    non-finite counts as 0, negative values are drawn as 0). More than `max_bars` x values are
+    averaged in consecutive bins (a bar's x is its bin's first x). Legend: one row per part."""
+    ml, mr, mt, mb = 62, 16, 28 if title else 12, 44
+    height_total = height + 16 * len(parts)
+    pw, ph = width - ml - mr, height - mt - mb
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height_total}" '
+           f'viewBox="0 0 {width} {height_total}" font-family="sans-serif" font-size="11" role="img">',
+           f'<rect width="{width}" height="{height_total}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="bold">'
+                   f'{escape(title)}</text>')
+    xs = [float(v) for v in x]
+    val = [[max(float(v), 0.0) if _finite(v) else 0.0 for v in p.y] for p in parts]
+    bins = _bins(len(xs), max_bars)
+    bars = [(xs[b[0]], [sum(col[i] for i in b) / len(b) for col in val]) for b in bins]
+    tops = [sum(h) for _, h in bars]
+    if not bars or max(tops) <= 0:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
+        return "".join(out)
+    spacing = min((b[0] - a[0] for a, b in zip(bars, bars[1:])), default=1.0) or 1.0
+    lo, hi = bars[0][0] - spacing / 2, bars[-1][0] + spacing / 2  # the axis ends half a bar outside the bars
+    ax = Axis(lo, hi, False, [t for t in nice_ticks(lo, hi) if lo <= t <= hi])
+    ay = _axis([0.0, max(tops)], False, pad_zero=False)
+    out.append(_frame(ax, ay, (ml, mt, pw, ph), x_label, y_label))
+    bar_w = max(abs(ax.scale(spacing, 0, pw) - ax.scale(0, 0, pw)) * 0.8, 0.5)
+    colors = [p.color or PALETTE[i % len(PALETTE)] for i, p in enumerate(parts)]
+    for bx, heights in bars:
+        cx, base = ax.scale(bx, ml, ml + pw), 0.0
+        for name, h, color in zip((p.name for p in parts), heights, colors):
+            if h <= 0:
+                continue
+            y0, y1 = ay.scale(base, mt + ph, mt), ay.scale(base + h, mt + ph, mt)
+            out.append(f'<rect class="bar" x="{cx - bar_w / 2:.2f}" y="{y1:.2f}" width="{bar_w:.2f}" '
+                       f'height="{max(y0 - y1, 0.0):.2f}" fill="{color}"><title>{escape(name)} at {fmt_tick(bx)}: '
+                       f'{h:.4g}</title></rect>')
+            base += h
+    for i, (p, color) in enumerate(zip(parts, colors)):
+        y = height + 16 * i - 2
+        out.append(f'<rect x="{ml}" y="{y - 9}" width="22" height="9" fill="{color}"/>'
+                   f'<text x="{ml + 28}" y="{y}">{escape(p.name)}</text>')
     out.append("</svg>")
     return "".join(out)
 

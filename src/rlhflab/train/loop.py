@@ -19,6 +19,7 @@ import torch
 
 from rlhflab.algorithms.base import Algorithm
 from rlhflab.config import RunConfig
+from rlhflab.report.runlog import record_warning
 from rlhflab.train.checkpoint import load_checkpoint, save_checkpoint
 from rlhflab.train.metrics import MetricsWriter, make_progress
 from rlhflab.train.schedule import lr_at
@@ -92,6 +93,8 @@ class Loop:
         self.optimizer = make_adamw(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.params = params
         self.state = LoopState()
+        self.gen_eval: Any = None
+        """An eval.during_training.TrainingEvaluator (the run's `evaluation:` section), set by train.run."""
 
     # ------------------------------------------------------------------ one step
     def _micro_batches(self, step: int) -> list[Any]:
@@ -157,6 +160,7 @@ class Loop:
                 raise NonFiniteError(msg + ". Stopped (nonfinite: halt); lower optim.lr or check the data. "
                                      "The newest checkpoint is intact.")
             self.console.print(f"[yellow]warning:[/] {msg}; step skipped (nonfinite: skip)")
+            record_warning(self.out_dir, step + 1, f"{msg}; step skipped (nonfinite: skip)")
             self.optimizer.zero_grad(set_to_none=True)
             skipped = 1
         else:
@@ -210,12 +214,15 @@ class Loop:
                     last = step == cfg.max_steps
                     if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                         row.update(self.evaluate())
+                    if self.gen_eval is not None and self.gen_eval.due(step, last):
+                        row.update(self.gen_eval.run(self.model, step, progress))
                     writer.write(row)
                     self.state.history.append(row)
                     for w in self.algo.check_history(self.state.history):
                         if w not in self.state.warnings:
                             self.state.warnings.append(w)
                             progress.console.print(f"[yellow]warning:[/] step {step}: {w}")
+                            record_warning(self.out_dir, step, w)
                     if step % cfg.log_every == 0 or last:
                         info = f"loss {row['loss']:.4f} lr {row['lr']:.2e}"
                         if "eval/loss" in row:

@@ -67,7 +67,8 @@ def _check_out_dir(cfg: RunConfig) -> tuple[Path, Path | None]:
 
 def _clear_previous_run(out: Path) -> None:
     """overwrite=true: remove the old run's outputs, only once every input has been validated."""
-    for sub in ("checkpoints", "final", "tensorboard", "metrics.jsonl", "summary.json"):
+    for sub in ("checkpoints", "final", "tensorboard", "metrics.jsonl", "summary.json", "evals.jsonl", "best",
+                "best.json", "eval"):
         p = out / sub
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -112,6 +113,9 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     algo = get_algorithm(cfg)
     plan = algo.batch_plan()
     train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console, check=algo.check_data)
+    from rlhflab.eval.during_training import TrainingEvaluator
+
+    gen_eval = TrainingEvaluator.from_config(cfg, console)  # the `evaluation:` prompts are checked here
     out, resume_ckpt = _check_out_dir(cfg)
 
     from rlhflab.data import tokenize_examples
@@ -136,8 +140,13 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     tokens_per_item = sum(_item_tokens(i) for i in items) / len(items)
-    console.print(plan.describe(algo.plan_unit) + (f", ~{tokens_per_item * cfg.batch_size:,.0f} tokens/step"
-                                                   if algo.data_kind != "prompt" else ""))
+    step_tokens = tokens_per_item * cfg.batch_size if algo.data_kind != "prompt" else None
+    plan_text = plan.describe(algo.plan_unit) + (f", ~{step_tokens:,.0f} tokens/step" if step_tokens else "")
+    console.print(plan_text)
+    from rlhflab.report import runlog  # run.json, warnings.jsonl, samples.jsonl and the report (docs/report.md)
+
+    runlog.start_run_files(out, cfg.resume)
+    runlog.write_run_info(out, cfg, plan, algo.plan_unit, plan_text, len(items), len(eval_items or []), step_tokens)
     console.print(f"  {len(items)} training {algo.item_name}, {len(eval_items or [])} eval; "
                   f"{cfg.max_steps} steps = {cfg.max_steps * cfg.batch_size / len(items):.2f} epochs")
 
@@ -148,6 +157,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
 
     trainable, total = count_parameters(model)
     console.print(f"model: {cfg.model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) on {device}")
+    runlog.update_run_info(out, **runlog.model_info(model, trainable, total, device, cfg.dtype))
 
     from rlhflab.algorithms.base import TrainContext
 
@@ -158,15 +168,29 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size))
     prep_seconds = time.perf_counter() - t_ref
     loop = Loop(cfg, algo, model, items, eval_items, out, device, console)
+    if gen_eval is not None:
+        gen_eval.attach(algo, model, tokenizer, out, device)  # the model is still the initial policy
     initial_eval: dict[str, float] = {}
     if resume_ckpt is not None:
         loop.resume_from(resume_ckpt)
         console.print(f"resumed from {resume_ckpt} (step {loop.state.step})")
     elif cfg.resume:
         console.print("[yellow]warning:[/] resume=true but no complete checkpoint found; starting from step 0")
+    if cfg.resume:  # rows logged after the checkpoint are redone
+        runlog.drop_rows_after(out / "warnings.jsonl", loop.state.step)
+        runlog.drop_rows_after(out / "samples.jsonl", loop.state.step)
+    if gen_eval is not None:
+        gen_eval.start(loop.state.step)
+        loop.gen_eval = gen_eval
     if loop.state.step == 0 and eval_items:
         initial_eval = loop.evaluate()
-    state = loop.run(stop_at=stop_at)
+    if gen_eval is not None and loop.state.step == 0 and gen_eval.ev.at_start:
+        initial_eval.update(gen_eval.run(model, 0))
+    try:
+        state = loop.run(stop_at=stop_at)
+    except BaseException as e:  # a halted, interrupted or failed run still gets its report
+        runlog.finish_run(out, loop.state.step, cfg.max_steps, e, console)
+        raise
 
     final_dir = None
     if state.step >= cfg.max_steps:
@@ -175,9 +199,11 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         summary = _summary(cfg, state.history, initial_eval, time.perf_counter() - t_start, final_dir)
         summary["before_training_s"] = round(prep_seconds, 3)
         summary.update(algo.summary_extra())
+        summary.update(gen_eval.summary() if gen_eval is not None else {})
         summary["warnings"] = state.warnings
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(console, summary)
+    runlog.finish_run(out, state.step, cfg.max_steps, None, console)
     return RunResult(out, state.history, final_dir, initial_eval)
 
 
@@ -204,6 +230,14 @@ def _summary(cfg: RunConfig, history: list[dict[str, Any]], initial_eval: dict[s
     last_eval = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")}
     if last_eval:
         summary["eval_after"] = last_eval
+    from rlhflab.eval.hacking import summarize as hacking_summary
+    from rlhflab.report.load import read_jsonl
+
+    # every round of the run: after a resume, `history` holds only the steps since the checkpoint
+    rows = read_jsonl(final_dir.parent / "metrics.jsonl", []) if cfg.resume else history
+    hacking = hacking_summary(rows)  # None unless the rounds logged a gold metric
+    if hacking is not None:
+        summary["reward_hacking"] = hacking  # docs/reward_hacking.md
     return summary
 
 
@@ -215,4 +249,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     for key, value in after.items():
         prev = f"{before[key]:.4f} -> " if key in before else ""
         console.print(f"  {key}: {prev}{value:.4f}")
+    if "reward_hacking" in s:
+        from rlhflab.eval.hacking import describe
+
+        for line in describe(s["reward_hacking"]):
+            console.print(f"  {line}")
     console.print(f"  model saved to {s['final']}")
