@@ -77,6 +77,8 @@ def _axis(values: list[float], log: bool, pad_zero: bool) -> Axis:
         lo, hi = lo - (abs(lo) * 0.1 or 0.5), hi + (abs(hi) * 0.1 or 0.5)
     if pad_zero and lo > 0 and lo < 0.25 * hi:
         lo = 0.0
+    margin = 0.03 * (hi - lo)  # lines at the extremes stay off the frame
+    lo, hi = lo - (margin if lo != 0 else 0.0), hi + margin
     ticks = nice_ticks(lo, hi)
     return Axis(min(lo, ticks[0]), max(hi, ticks[-1]), False, ticks)
 
@@ -98,7 +100,7 @@ def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_l
     """An SVG line chart of `series` on shared axes. Empty input gives a chart saying "no data"."""
     ml, mr, mt, mb = 62, 16, 28 if title else 12, 44
     legend_rows = len(series) if len(series) > 1 else 0
-    height_total = height + 16 * legend_rows
+    height_total = height + 16 * legend_rows + (8 if legend_rows else 0)
     pw, ph = width - ml - mr, height - mt - mb
     xs = [float(x) for s in series for x, y in zip(s.x, s.y) if _finite(y) and _finite(x)]
     ys = [float(y) for s in series for x, y in zip(s.x, s.y) if _finite(y) and _finite(x)]
@@ -140,7 +142,7 @@ def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_l
                                f'<title>{escape(s.name)}: ({fmt_tick(float(x))}, {float(y):.4g})</title></circle>')
     for i, s in enumerate(series if legend_rows else ()):
         color = s.color or PALETTE[i % len(PALETTE)]
-        y = height + 16 * i - 2
+        y = height + 16 * i + 10  # below the x-axis label
         dash = ' stroke-dasharray="5,3"' if s.dashed else ""
         out.append(f'<line x1="{ml}" x2="{ml + 22}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>'
                    f'<text x="{ml + 28}" y="{y}">{escape(s.name)}</text>')
@@ -180,7 +182,7 @@ def stacked_bar_chart(x: Sequence[float], parts: Sequence[Series], title: str = 
     non-finite counts as 0, negative values are drawn as 0). More than `max_bars` x values are
     averaged in consecutive bins (a bar's x is its bin's first x). Legend: one row per part."""
     ml, mr, mt, mb = 62, 16, 28 if title else 12, 44
-    height_total = height + 16 * len(parts)
+    height_total = height + 16 * len(parts) + 8
     pw, ph = width - ml - mr, height - mt - mb
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height_total}" '
            f'viewBox="0 0 {width} {height_total}" font-family="sans-serif" font-size="11" role="img">',
@@ -214,7 +216,7 @@ def stacked_bar_chart(x: Sequence[float], parts: Sequence[Series], title: str = 
                        f'{h:.4g}</title></rect>')
             base += h
     for i, (p, color) in enumerate(zip(parts, colors)):
-        y = height + 16 * i - 2
+        y = height + 16 * i + 10  # below the x-axis label
         out.append(f'<rect x="{ml}" y="{y - 9}" width="22" height="9" fill="{color}"/>'
                    f'<text x="{ml + 28}" y="{y}">{escape(p.name)}</text>')
     out.append("</svg>")
