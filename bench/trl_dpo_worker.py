@@ -1,36 +1,26 @@
-"""One TRL DPOTrainer run for bench/dpo_cpu.py. Runs inside .venv-trl (bench/setup_trl.sh), never
-inside rlhflab's environment, and imports nothing from rlhflab.
+"""One TRL DPOTrainer run for bench/run.py (suite dpo), inside .venv-trl.
 
     .venv-trl/bin/python bench/trl_dpo_worker.py SPEC.json
 
-SPEC.json: {"model": folder, "data": jsonl, "steps": N, "batch_size": 8, "lr": ..., "beta": 0.1,
-"max_length": ..., "seed": 0, "threads": 2, "variant": "fp32" | "defaults" | "fp32_precompute",
-"out": result.json}. The data rows are {"prompt": str, "chosen": str, "rejected": str}; they are
-given to TRL in the conversational form (a user message, an assistant message each), so TRL
-applies the tokenizer's chat template, as rlhflab does with the same rows.
+SPEC.json: trl_common's keys plus beta, max_length. The data rows {"prompt", "chosen", "rejected"}
+(strings) are given to TRL in the conversational form (a user message, an assistant message
+each), so TRL applies the tokenizer's chat template, as rlhflab does with the same rows; prompt +
+completion ids are checked against rlhflab's (spec['expected_ids']). The variant's overrides
+choose bf16, gradient checkpointing and precompute_ref_log_probs.
 
-Measured: the wall time of each optimizer step (on_step_begin -> on_step_end: forward, backward,
-clipping, optimizer; the data loader's fetch and the logging happen outside it), the interval
-between consecutive step ends (everything included), the reference precompute pass, and the peak
-RSS of this process (ru_maxrss).
+Measured: each optimizer step (on_step_begin -> on_step_end: forward, backward, clipping,
+optimizer; the data loader's fetch and the logging happen outside it), the interval between
+step ends, the reference precompute pass (`_precompute_ref_logps` plus the hash of the reference
+weights TRL keys its cache with), and the peak RSS.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import resource
 import sys
 import time
 
-VARIANTS = {
-    # What a knowledgeable user sets on a CPU: float32 throughout, no recomputation.
-    "fp32": {"bf16": False, "fp16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": False},
-    # DPOConfig's own defaults for bf16 (True unless fp16) and gradient_checkpointing (True).
-    "defaults": {"precompute_ref_log_probs": False},
-    # fp32 with the reference log-probs computed once before training (no reference model kept).
-    "fp32_precompute": {"bf16": False, "fp16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True},
-}
+from trl_common import (BASE_SETTINGS, common_args, compare_ids, load_spec, read_rows, settings_of, step_timer_class,
+                        timed_subclass, train_and_report)
 
 
 def conversational(row: dict) -> dict:
@@ -42,102 +32,51 @@ def conversational(row: dict) -> dict:
     }
 
 
-def main(spec_path: str) -> None:
-    spec = json.loads(open(spec_path, encoding="utf-8").read())
-    import torch
-
-    torch.set_num_threads(int(spec["threads"]))
-    import trl
-    import transformers
+def main() -> None:
+    spec = load_spec(sys.argv)
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
     from trl.trainer import dpo_trainer as dpo_module
 
-    from trl_common import step_timer_class
-
-    StepTimer = step_timer_class(TrainerCallback)
-
-    timings: dict[str, float] = {}
-
-    class TimedDPOTrainer(DPOTrainer):
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            t = time.perf_counter()
-            out = super()._precompute_ref_logps(dataset, name, batch_size)
-            timings[f"precompute_{name}_s"] = time.perf_counter() - t
-            return out
-
+    TimedDPOTrainer, times = timed_subclass(DPOTrainer, ("_precompute_ref_logps",))
+    hash_s: list[float] = []
     real_hash = dpo_module.hash_module
 
     def timed_hash(module):  # TRL hashes the reference weights to key its precompute cache
         t = time.perf_counter()
         out = real_hash(module)
-        timings["precompute_hash_s"] = timings.get("precompute_hash_s", 0.0) + time.perf_counter() - t
+        hash_s.append(time.perf_counter() - t)
         return out
 
     dpo_module.hash_module = timed_hash
 
-    rows = [json.loads(line) for line in open(spec["data"], encoding="utf-8") if line.strip()]
-    dataset = Dataset.from_list([conversational(r) for r in rows])
+    dataset = Dataset.from_list([conversational(r) for r in read_rows(spec["data"])])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    variant = VARIANTS[spec["variant"]]
-    args = DPOConfig(
-        output_dir=os.path.join(os.path.dirname(spec["out"]), "trl_out"),
-        max_steps=int(spec["steps"]),
-        per_device_train_batch_size=int(spec["batch_size"]),
-        gradient_accumulation_steps=1,
-        learning_rate=float(spec["lr"]),
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        beta=float(spec["beta"]),
-        loss_type=["sigmoid"],
-        max_length=int(spec["max_length"]),
-        seed=int(spec["seed"]),
-        use_cpu=True,  # also what lets bf16 (the "defaults" variant) run on a CPU at all
-        dataloader_num_workers=0,
-        eval_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,  # logging runs after on_step_end, outside the timed step
-        disable_tqdm=True,
-        model_init_kwargs={"dtype": "float32", "attn_implementation": "sdpa"},
-        **variant,
-    )
-    settings = {k: getattr(args, k) for k in (
-        "bf16", "fp16", "gradient_checkpointing", "precompute_ref_log_probs", "precompute_ref_batch_size",
-        "padding_free", "pad_to_multiple_of", "optim", "learning_rate", "lr_scheduler_type", "weight_decay",
-        "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "max_length", "truncation_mode",
-        "loss_type", "beta", "disable_dropout", "logging_steps", "use_cpu")}
-    settings["optim"] = str(getattr(settings["optim"], "value", settings["optim"]))
-
-    timer = StepTimer()
-    t_init = time.perf_counter()
+    args = DPOConfig(beta=float(spec["beta"]), loss_type=["sigmoid"], max_length=int(spec["max_length"]),
+                     **common_args(spec))
+    timer = step_timer_class(TrainerCallback)()
+    t = time.perf_counter()
     trainer = TimedDPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
                               callbacks=[timer])
-    timings["init_s"] = time.perf_counter() - t_init
+    init_s = time.perf_counter() - t
     ds = trainer.train_dataset
+    prompt, chosen, rejected = ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]
+    got = [list(p) + list(c) for p, pair in zip(prompt, zip(chosen, rejected)) for c in pair]
     tokens = {f"{k}_mean": sum(len(x) for x in ds[k]) / len(ds) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-    rss_before_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t_train = time.perf_counter()
-    trainer.train()
-    timings["train_s"] = time.perf_counter() - t_train
 
-    result = {
-        "framework": "trl", "variant": spec["variant"], "trl": trl.__version__, "transformers": transformers.__version__,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "steps_done": len(timer.step_s),
-        "step_s": timer.step_s, "interval_s": timer.interval_s, "losses": timer.losses, "timings": timings,
-        "precompute_s": (timings.get("precompute_train_s", 0.0) + timings.get("precompute_hash_s", 0.0))
-        if args.precompute_ref_log_probs else None,
-        "precompute_rows": len(ds) if args.precompute_ref_log_probs else None,
-        "train_rows": len(ds), "tokens": tokens, "settings": settings,
-        "peak_rss_before_train_mib": rss_before_train,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    with open(spec["out"], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    def extra() -> dict:
+        pre = args.precompute_ref_log_probs
+        return {"ids_vs_rlhflab": compare_ids(spec, got), "tokens": tokens, "train_rows": len(ds),
+                "precompute_s": sum(times["_precompute_ref_logps"]) + sum(hash_s) if pre else None,
+                "precompute_rows": len(ds) if pre else None,
+                "timings_precompute": {"precompute_ref_logps_s": times["_precompute_ref_logps"], "hash_s": hash_s}}
+
+    settings = settings_of(args, BASE_SETTINGS + (
+        "precompute_ref_log_probs", "precompute_ref_batch_size", "padding_free", "pad_to_multiple_of", "max_length",
+        "truncation_mode", "loss_type", "beta", "disable_dropout"))
+    train_and_report(spec, trainer, timer, init_s, settings, extra)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
