@@ -95,6 +95,17 @@ def fmt_tick(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _open(width: int, height: int, title: str) -> list[str]:
+    """The start of a chart: the <svg> element, a white background and the title."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="bold">'
+                   f'{escape(title)}</text>')
+    return out
+
+
 def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_label: str = "",
                width: int = 560, height: int = 300, log_x: bool = False, log_y: bool = False) -> str:
     """An SVG line chart of `series` on shared axes. Empty input gives a chart saying "no data"."""
@@ -104,12 +115,7 @@ def line_chart(series: Sequence[Series], title: str = "", x_label: str = "", y_l
     pw, ph = width - ml - mr, height - mt - mb
     xs = [float(x) for s in series for x, y in zip(s.x, s.y) if _finite(y) and _finite(x)]
     ys = [float(y) for s in series for x, y in zip(s.x, s.y) if _finite(y) and _finite(x)]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height_total}" '
-           f'viewBox="0 0 {width} {height_total}" font-family="sans-serif" font-size="11" role="img">',
-           f'<rect width="{width}" height="{height_total}" fill="white"/>']
-    if title:
-        out.append(f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="bold">'
-                   f'{escape(title)}</text>')
+    out = _open(width, height_total, title)
     if not ys:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="#888">no data</text></svg>')
         return "".join(out)
@@ -184,12 +190,7 @@ def stacked_bar_chart(x: Sequence[float], parts: Sequence[Series], title: str = 
     ml, mr, mt, mb = 62, 16, 28 if title else 12, 44
     height_total = height + 16 * len(parts) + 8
     pw, ph = width - ml - mr, height - mt - mb
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height_total}" '
-           f'viewBox="0 0 {width} {height_total}" font-family="sans-serif" font-size="11" role="img">',
-           f'<rect width="{width}" height="{height_total}" fill="white"/>']
-    if title:
-        out.append(f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="13" font-weight="bold">'
-                   f'{escape(title)}</text>')
+    out = _open(width, height_total, title)
     xs = [float(v) for v in x]
     val = [[max(float(v), 0.0) if _finite(v) else 0.0 for v in p.y] for p in parts]
     bins = _bins(len(xs), max_bars)
