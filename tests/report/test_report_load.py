@@ -64,7 +64,7 @@ def test_half_written_run_renders(tmp_path, fake_run):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda p: None, "run directory not found"),
-    (lambda p: p.mkdir(), "is not a run directory: it has neither config.yaml nor metrics.jsonl"),
+    (lambda p: p.mkdir(), "is not a run directory: it has no config.yaml, metrics.jsonl or curves.json"),
     (lambda p: p.write_text("x"), "is a file; give the run directory"),
 ])
 def test_not_a_run_is_a_user_error(tmp_path, setup, message):

@@ -1,8 +1,9 @@
 """Read a run directory for the report, tolerating runs that are still writing or were killed.
 
-Every file is optional except that a run has `config.yaml` or `metrics.jsonl`. A truncated last
-line of a JSONL file (the run is writing it, or was killed mid-line) is skipped with a note; an
-unreadable optional file becomes a note on the page instead of an error.
+Every file is optional except that a run has `config.yaml` or `metrics.jsonl` (or, for an example's
+results folder, `curves.json`). A truncated last line of a JSONL file (the run is writing it, or
+was killed mid-line) is skipped with a note; an unreadable optional file becomes a note on the
+page instead of an error.
 """
 
 from __future__ import annotations
@@ -122,11 +123,11 @@ def check_run_dir(path: str | os.PathLike) -> Path:
         raise UserError(f"run directory not found: {p}")
     if not p.is_dir():
         raise UserError(f"{p} is a file; give the run directory (the output_dir of `rlhflab train`)")
-    if not (p / "config.yaml").is_file() and not (p / "metrics.jsonl").is_file():
+    if not any((p / f).is_file() for f in ("config.yaml", "metrics.jsonl", "curves.json")):
         subruns = sorted(c.name for c in p.iterdir() if c.is_dir() and (c / "metrics.jsonl").is_file())
         hint = (f"; it holds runs: {', '.join(subruns[:8])} (report those, e.g. `rlhflab report {p / subruns[0]}`)"
                 if subruns else "; give the output_dir of an `rlhflab train` run")
-        raise UserError(f"{p} is not a run directory: it has neither config.yaml nor metrics.jsonl{hint}")
+        raise UserError(f"{p} is not a run directory: it has no config.yaml, metrics.jsonl or curves.json{hint}")
     return p
 
 
@@ -145,7 +146,7 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> RunData:
     run.curves = _curves(read_json(p / "curves.json", notes, list), notes)
     run.warnings = _warnings(read_jsonl(p / "warnings.jsonl", notes), run.summary.get("warnings"))
     run.samples = _samples(read_jsonl(p / "samples.jsonl", notes), run.evals)
-    if not run.metrics:
+    if not run.metrics and not run.curves:  # a results folder of an example has only curves.json
         subruns = sorted(c.name for c in p.iterdir() if c.is_dir() and (c / "metrics.jsonl").is_file())
         notes.append("no training step logged yet (metrics.jsonl is missing or empty)"
                      + (f"; this folder holds runs: {', '.join(subruns)}" if subruns else ""))

@@ -78,7 +78,8 @@ def _axis(values: list[float], log: bool, pad_zero: bool) -> Axis:
     if pad_zero and lo > 0 and lo < 0.25 * hi:
         lo = 0.0
     margin = 0.03 * (hi - lo)  # lines at the extremes stay off the frame
-    lo, hi = lo - (margin if lo != 0 else 0.0), hi + margin
+    lo = lo - margin if lo < 0 else max(lo - margin, 0.0)  # the margin never crosses 0
+    hi = hi + margin if hi > 0 else min(hi + margin, 0.0)
     ticks = nice_ticks(lo, hi)
     return Axis(min(lo, ticks[0]), max(hi, ticks[-1]), False, ticks)
 
