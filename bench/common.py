@@ -242,6 +242,18 @@ def optim_config(lr: float) -> dict:
             "betas": [0.9, 0.999], "eps": 1e-8}
 
 
+def offline_run(ctx: "Ctx", model: str, prep: dict, algorithm: str, lr: float, **spec_extra) -> tuple[dict, dict]:
+    """The rlhflab run config and the TRL worker spec the offline suites (sft, rm, dpo) share: the
+    same model, data, steps, batch in one micro-batch, seed, max_length and optimizer on both sides."""
+    a, path = ctx.args, str(ctx.models[model])
+    cfg = {"algorithm": algorithm, "model": path, "seed": a.seed, "max_steps": a.steps,
+           "batch_size": a.batch_size, "micro_batch_size": a.batch_size,
+           "data": {"train": prep["data"], "max_length": a.max_length}, "optim": optim_config(lr)}
+    spec = {"model": path, "data": prep["data"], "expected_ids": prep["expected_ids"], "steps": a.steps,
+            "batch_size": a.batch_size, "lr": lr, "seed": a.seed, "max_length": a.max_length, **spec_extra}
+    return cfg, spec
+
+
 # --------------------------------------------------------------------------- summaries
 
 

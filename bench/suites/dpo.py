@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from common import Ctx, make_pairs, optim_config, rlhflab_items, run_both, stats, write_jsonl
+from common import Ctx, make_pairs, offline_run, rlhflab_items, run_both, stats, write_jsonl
 from flops import ModelShape, causal_pairs
 
 NAME = "dpo"
@@ -46,19 +46,13 @@ def prepare(ctx: Ctx) -> dict:
 
 
 def run(ctx: Ctx, model: str, prep: dict) -> list[dict]:
-    a = ctx.args
-    base = {"algorithm": "dpo", "model": str(ctx.models[model]), "seed": a.seed, "max_steps": a.steps,
-            "batch_size": a.batch_size, "micro_batch_size": a.batch_size,
-            "data": {"train": prep["data"], "max_length": a.max_length}, "optim": optim_config(LR)}
+    base, spec = offline_run(ctx, model, prep, "dpo", LR, beta=BETA)
     ours = {v: {**base, "dpo": {"loss": "dpo", "beta": BETA, "reference": v}} for v in ("precompute", "online")}
-    spec = {"model": str(ctx.models[model]), "data": prep["data"], "expected_ids": prep["expected_ids"],
-            "steps": a.steps, "batch_size": a.batch_size, "lr": LR, "seed": a.seed, "max_length": a.max_length,
-            "beta": BETA}
     plain = {**ctx.trl_precision(), "precompute_ref_log_probs": False}
     trl = {ctx.plain: plain, "defaults": {"precompute_ref_log_probs": False},
            f"{ctx.plain}_precompute": {**plain, "precompute_ref_log_probs": True}}
     return run_both(ctx, NAME, model, ours, "trl_dpo_worker.py", spec, trl,
-                    finish=lambda row: amortize(row, a.steps, a.batch_size, prep["rows"]))
+                    finish=lambda row: amortize(row, ctx.args.steps, ctx.args.batch_size, prep["rows"]))
 
 
 def amortize(row: dict, steps: int, batch: int, n_rows: int) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-from common import Ctx, make_pairs, optim_config, rlhflab_items, run_both, stats, write_jsonl
+from common import Ctx, make_pairs, offline_run, rlhflab_items, run_both, stats, write_jsonl
 from flops import ModelShape, causal_pairs
 
 NAME = "rm"
@@ -40,13 +40,8 @@ def prepare(ctx: Ctx) -> dict:
 
 
 def run(ctx: Ctx, model: str, prep: dict) -> list[dict]:
-    a = ctx.args
-    cfg = {"algorithm": "reward_model", "model": str(ctx.models[model]), "seed": a.seed, "max_steps": a.steps,
-           "batch_size": a.batch_size, "micro_batch_size": a.batch_size,
-           "data": {"train": prep["data"], "max_length": a.max_length}, "optim": optim_config(LR),
-           "reward_model": {"loss": "bradley_terry"}}
-    spec = {"model": str(ctx.models[model]), "data": prep["data"], "expected_ids": prep["expected_ids"],
-            "steps": a.steps, "batch_size": a.batch_size, "lr": LR, "seed": a.seed, "max_length": a.max_length}
+    cfg, spec = offline_run(ctx, model, prep, "reward_model", LR)
+    cfg["reward_model"] = {"loss": "bradley_terry"}
     trl = {ctx.plain: ctx.trl_precision(), "defaults": {}}
     return run_both(ctx, NAME, model, {ctx.plain: cfg}, "trl_rm_worker.py", spec, trl)
 

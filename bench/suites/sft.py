@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from common import Ctx, make_pairs, optim_config, rlhflab_items, run_both, stats, write_jsonl
+from common import Ctx, make_pairs, offline_run, rlhflab_items, run_both, stats, write_jsonl
 from flops import ModelShape, causal_pairs
 
 NAME = "sft"
@@ -41,12 +41,7 @@ def prepare(ctx: Ctx) -> dict:
 
 
 def run(ctx: Ctx, model: str, prep: dict) -> list[dict]:
-    a = ctx.args
-    cfg = {"algorithm": "sft", "model": str(ctx.models[model]), "seed": a.seed, "max_steps": a.steps,
-           "batch_size": a.batch_size, "micro_batch_size": a.batch_size,
-           "data": {"train": prep["data"], "max_length": a.max_length}, "optim": optim_config(LR)}
-    spec = {"model": str(ctx.models[model]), "data": prep["data"], "expected_ids": prep["expected_ids"],
-            "steps": a.steps, "batch_size": a.batch_size, "lr": LR, "seed": a.seed, "max_length": a.max_length}
+    cfg, spec = offline_run(ctx, model, prep, "sft", LR)
     trl = {ctx.plain: ctx.trl_precision(), "defaults": {}}
     return run_both(ctx, NAME, model, {ctx.plain: cfg}, "trl_sft_worker.py", spec, trl)
 
