@@ -133,6 +133,18 @@ def _judge_from_args(args: argparse.Namespace, default_model: str, mode: str | N
                           rationale=args.rationale, swap=False if args.no_swap else None, cache=args.judge_cache)
 
 
+def _add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int, temperature: float, batch_size: int,
+                         top_p: bool = True, temperature_help: str | None = None,
+                         batch_help: str | None = "sequences generated together") -> None:
+    """The sampling flags the generating commands share, with each command's defaults."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature, help=temperature_help)
+    if top_p:
+        p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+
+
 def _add_judge_args(p: argparse.ArgumentParser, default_model: str) -> None:
     """The judge flags of the commands that judge (read by `judge_from_cli`)."""
     p.add_argument("--judge-model", default=None, help=f"the judge model (default: {default_model})")
@@ -190,11 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="samples per prompt (default 8)")
     p.add_argument("--k", type=int, default=None, help="rso: samples accepted per prompt (default 4)")
     p.add_argument("--beta", type=float, default=None, help="rso: beta of pi* ~ pi exp(r/beta) (default 0.5)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64, help="sequences generated together")
+    _add_generation_args(p, max_new_tokens=64, temperature=1.0, batch_size=64)
     p.add_argument("--min-reward", type=float, default=None, help="best_of_n: drop prompts whose best reward is lower")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_sample)
@@ -217,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pointwise scores or pairwise comparisons (default: pairwise)")
     p.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
     p.add_argument("--min-gap", type=float, default=0.0, help="keep pairs the judge separates by at least this")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="sequences generated together")
+    _add_generation_args(p, max_new_tokens=128, temperature=1.0, batch_size=32)
     p.add_argument("--limit", type=int, default=None, help="label only the first N prompts")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_label)
@@ -233,11 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="held-out prompts")
     p.add_argument("--out", required=True, help="folder for compare.json and verdicts.jsonl")
     _add_judge_args(p, "model B")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy answers (default)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_generation_args(p, max_new_tokens=128, temperature=0.0, batch_size=32, top_p=False,
+                         temperature_help="0 = greedy answers (default)", batch_help=None)
     p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
-    p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="a self-contained HTML report of a run, or of several runs on shared plots "
