@@ -118,12 +118,14 @@ class TrainingEvaluator:
     def start(self, step: int) -> None:
         """Before the first step of this process: keep the evals.jsonl rows up to `step` (the
         checkpoint resumed from; none for a fresh run) and the best checkpoint if it is among them."""
-        rows = []
-        if step > 0 and self.evals_path.exists():
-            rows = [json.loads(line) for line in self.evals_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            rows = [r for r in rows if r.get("step", 0) <= step]
+        from rlhflab.report.runlog import drop_rows_after
+
         self.evals_path.parent.mkdir(parents=True, exist_ok=True)
-        self.evals_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if step > 0 and self.evals_path.exists():
+            drop_rows_after(self.evals_path, step)
+        else:
+            self.evals_path.write_text("", encoding="utf-8")  # a fresh run starts an empty file
+        rows = [json.loads(line) for line in self.evals_path.read_text(encoding="utf-8").splitlines()]
         saved = self._read_best()
         if saved is not None and saved.get("step", step + 1) <= step and saved.get("metric") == self.ev.best_metric:
             self.best = saved

@@ -38,17 +38,13 @@ class MetricsWriter:
     def __init__(self, out_dir: Path, cfg: Any, resume_step: int | None, console: Any = None):
         from rlhflab.train.trackers import TrackerSet, make_trackers
 
+        from rlhflab.report.runlog import drop_rows_after
+
         self.path = out_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # Drop rows written after the checkpoint we resume from (the run was killed later).
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        if resume_step is not None:  # drop rows written after the checkpoint we resume from (the run was killed later)
+            drop_rows_after(self.path, resume_step)
+        else:
+            self.path.unlink(missing_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
         self.trackers = TrackerSet(make_trackers(cfg, out_dir, resume_step, console), console)
 
