@@ -18,10 +18,8 @@ command (`run_sample`) loads the model, generates with `rollout.HFGenerator` and
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rlhflab.atomic import write_jsonl_atomic  # noqa: F401 (callers import it from here)
 from rlhflab.config_rl import ScorerConfig
 from rlhflab.errors import ConfigError, DataError, did_you_mean
 from rlhflab.rewards.inputs import check_scorer_columns, samples_from
@@ -423,26 +422,6 @@ def _prompt_value(prompt: Any, original: dict[int, Any]) -> Any:
     row had no `prompt` column (a transcript row)."""
     value = original.get(prompt.row)
     return value if value is not None else prompt.messages
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write `rows` as JSON Lines to a temporary file beside `path`, then rename it into place:
-    a reader sees the old file or the complete new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file a normal file's mode
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def print_summary(s: SampleSummary, cfg: SampleConfig, console: Any) -> None:

@@ -21,13 +21,13 @@ checkpoint restore.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.config_eval import resolve_for_run
 from rlhflab.errors import DataError
 from rlhflab.eval.evaluate import (ADAPTER_DISABLED, evaluate_policy, json_safe, read_eval_prompts, sample_scores,
@@ -189,9 +189,7 @@ class TrainingEvaluator:
         if save is None:
             return
         self.algo.save_final(save, self.tokenizer, str(self.out_dir / "best"))
-        tmp = self.out_dir / f".best.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.best) + "\n", encoding="utf-8")
-        os.replace(tmp, self.out_dir / "best.json")
+        write_text_atomic(self.out_dir / "best.json", json.dumps(self.best) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """summary.json entries: the best evaluation and where its model is."""

@@ -10,7 +10,6 @@ loaded, evaluated and released.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.config_eval import EvalConfig
 from rlhflab.errors import ConfigError, DataError
 from rlhflab.eval.evaluate import (EvalPrompts, PolicyEval, evaluate_policy, json_safe, read_eval_prompts,
@@ -206,6 +206,4 @@ def write_outputs(run: EvalRun, out: Path, extra: dict[str, Any] | None = None) 
 
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(out / "generations.jsonl", generation_rows(run))
-    tmp = out / f".eval.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result_json(run, extra), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "eval.json")
+    write_text_atomic(out / "eval.json", json.dumps(result_json(run, extra), indent=1, ensure_ascii=False) + "\n")

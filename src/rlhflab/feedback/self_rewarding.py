@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.config import RunConfig, dump_config, validate
 from rlhflab.errors import DataError, UserError
 
@@ -390,9 +391,7 @@ def _metrics(d: Path) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def _print_summary(console: Any, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:

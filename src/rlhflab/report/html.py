@@ -11,6 +11,7 @@ import re
 from html import escape
 from pathlib import Path
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.report import sections as sec
 from rlhflab.report.load import RunData, load_run
 from rlhflab.report.plots import (Chart, curve_chart, metric_rows, numeric_keys, plot_groups, render_chart,
@@ -145,7 +146,5 @@ def write_report(run_dirs: list[str | os.PathLike], out: str | os.PathLike | Non
         raise UserError(f"--out {target} is a directory; give a file name such as {target / 'report.html'}")
     if not target.parent.is_dir():
         raise UserError(f"cannot write the report: the folder {target.parent} does not exist")
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(render_report(runs), encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomic(target, render_report(runs))
     return target

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhflab.atomic import write_text_atomic
+
 SAMPLE_POINTS = 8
 """Rounds of an online run whose rollouts are logged to samples.jsonl: the first, the last and evenly between."""
 SAMPLES_PER_POINT = 4
@@ -35,9 +37,7 @@ def _now() -> str:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=2, default=str))
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.errors import ConfigError
 from rlhflab.rewards.base import Sample, Scorer, Scores
 
@@ -192,11 +193,7 @@ def _is_number(x: Any, nonnegative: bool = False) -> bool:
 
 def write_ensemble_file(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """Write the JSON to a temporary file beside `path` and rename it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def check_member_paths(paths: list[Path], where: str) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rlhflab.atomic import write_text_atomic
 from rlhflab.config_feedback import PropositionConfig, check_propositions
 from rlhflab.config_rl import RuleConfig, ScorerConfig
 from rlhflab.errors import ConfigError
@@ -161,16 +161,7 @@ def save_rbr_weights(path: str | os.PathLike, weights: Mapping[str, float], bias
                      fit: Mapping[str, Any] | None = None) -> Path:
     """Write {"weights": {...}, "bias": b, "fit": {...}} atomically (temporary file, then rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"weights": dict(weights), "bias": bias, "fit": dict(fit or {})}, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(p, json.dumps({"weights": dict(weights), "bias": bias, "fit": dict(fit or {})}, indent=2) + "\n")
     return p
 
 
