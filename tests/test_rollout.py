@@ -107,10 +107,46 @@ def test_top_p_keeps_the_crossing_token():
 
 
 def test_inverse_cdf_sampler_matches_the_distribution():
-    from rlhflab.rollout.hf import _sample
+    from rlhflab.rollout.hf import _sample, counter_uniform, row_keys
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).expand(20000, 4).contiguous()
-    draws = _sample(probs, torch.Generator().manual_seed(0))
+    keys = torch.tensor(row_keys(0, list(range(20000)), 1))
+    draws = _sample(probs, counter_uniform(keys, 0))
     freq = torch.bincount(draws, minlength=4).float() / draws.numel()
     assert freq[1] == 0
     assert torch.allclose(freq, probs[0], atol=0.015)
+    # a later decoding step draws independently of the first
+    again = _sample(probs, counter_uniform(keys, 1))
+    assert 0.3 < float((again == draws).float().mean()) < 0.45  # sum p^2 = 0.38
+
+
+def test_counter_uniform_is_uniform_and_independent_of_layout():
+    from rlhflab.rollout.hf import counter_uniform, row_keys
+
+    keys = torch.tensor(row_keys(7, list(range(500)), 4))
+    u = torch.stack([counter_uniform(keys, t) for t in range(20)])
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    assert float((hist - 0.1).abs().max()) < 0.01
+    # prompts 250..499 alone (a second rank's slice) get the very same numbers
+    tail = torch.tensor(row_keys(7, list(range(250, 500)), 4))
+    assert torch.equal(counter_uniform(tail, 3), counter_uniform(keys, 3)[1000:])
+    assert not torch.equal(counter_uniform(keys, 3), counter_uniform(torch.tensor(row_keys(8, list(range(500)), 4)), 3))
+
+
+def test_generation_is_the_same_split_over_calls_with_offsets(engine):
+    """Two 'ranks' each generating half of the prompts (offset = the half's start) sample exactly
+    what one call over all prompts samples, whatever the chunk size."""
+    from rlhflab.rollout import HFGenerator, SamplingParams
+
+    _, model, tok = engine
+    prompts = _prompts(tok, 5)
+    params = SamplingParams(n=3, max_new_tokens=6, temperature=1.0)
+    whole = HFGenerator(model, tok, {STOP}, batch_size=64).generate(prompts, params, seed=11)
+    small = HFGenerator(model, tok, {STOP}, batch_size=3)
+    first = small.generate(prompts[:2], params, seed=11, offset=0)
+    second = small.generate(prompts[2:], params, seed=11, offset=2)
+    assert [c.token_ids for c in whole] == [c.token_ids for c in first + second]
+    for a, b in zip(whole, first + second):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5 if a.logprobs else True

@@ -19,6 +19,7 @@ import yaml
 
 from rlhflab.config_rl import RL_ALGORITHMS, BestOfNConfig, OnlineDPOConfig, RLConfig, validate_online
 from rlhflab.config_feedback import SelfRewardingConfig, check_self_rewarding
+from rlhflab.config_dist import DistributedConfig, check_distributed
 from rlhflab.config_eval import EvalConfig
 from rlhflab.config_logging import MlflowConfig, WandbConfig, check_trackers
 from rlhflab.errors import ConfigError, did_you_mean
@@ -288,6 +289,9 @@ class RunConfig:
     evaluation: EvalConfig | None = None
     """Generation-based evaluation during training (every `evaluation.every` steps and after the last
     step): rewards, accuracy, lengths, KL to the reference, best checkpoint (docs/evaluation.md)."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Multi-process runs launched by torchrun or accelerate: DDP or FSDP2, backend, per-phase
+    collective timeouts (docs/distributed.md). Ignored in a single process."""
 
     @property
     def algo(self) -> Any:
@@ -515,6 +519,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.keep_checkpoints < 1:
         raise ConfigError("keep_checkpoints must be at least 1")
     check_trackers(cfg.wandb, cfg.mlflow)
+    check_distributed(cfg.distributed)
     if cfg.lora is not None and (cfg.lora.r < 1 or cfg.lora.alpha <= 0):
         raise ConfigError("lora.r must be >= 1 and lora.alpha > 0")
     if cfg.dpo is not None:

@@ -26,6 +26,7 @@ class TrainContext:
     device: torch.device
     console: Any  # a rich Console
     micro_batch_size: int
+    dist: Any = None  # the run's train.distributed.DistContext (None: one process)
 
 
 @dataclass
@@ -50,8 +51,12 @@ class Algorithm(ABC):
     """What one sampled item is called in the batch plan (examples, packed rows, pairs)."""
 
     def __init__(self, cfg: RunConfig):
+        from rlhflab.train.distributed import SINGLE
+
         self.cfg = cfg
         self.pad_id = 0
+        self.dist = SINGLE
+        """This process's place in a multi-process run (train/distributed.py), set by train.run."""
 
     @property
     def plan_unit(self) -> str:
@@ -60,9 +65,10 @@ class Algorithm(ABC):
 
     def batch_plan(self) -> Any:
         """How an optimizer step splits into micro-batches (checked before anything loads)."""
+        from rlhflab.train.distributed import launched_world_size
         from rlhflab.train.plan import BatchPlan
 
-        return BatchPlan.build(self.cfg.batch_size, self.cfg.micro_batch_size)
+        return BatchPlan.build(self.cfg.batch_size, self.cfg.micro_batch_size, launched_world_size())
 
     def check_data(self, loaded: Any) -> None:
         """Algorithm-specific checks of the validated rows (before any model loads)."""

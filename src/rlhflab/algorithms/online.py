@@ -99,8 +99,9 @@ class _RaggedPlan:
         return -(-self.batch_size // self.micro_batch_size)
 
     def describe(self, unit: str = "sequences") -> str:
-        return (f"batch plan: {self.batch_size} {unit}/step = 1 process(es) x {self.accumulation} micro-batch(es) of up to "
-                f"{self.micro_batch_size} {unit}")
+        per_rank = -(-self.accumulation // self.world_size)
+        return (f"batch plan: {self.batch_size} {unit}/step = {self.world_size} process(es) x {per_rank} micro-batch(es) of "
+                f"up to {self.micro_batch_size} {unit}")
 
 
 class OnlineAlgorithm(Algorithm):
@@ -157,9 +158,14 @@ class OnlineAlgorithm(Algorithm):
             raise ConfigError(f"micro_batch_size {self.cfg.micro_batch_size} is larger than the {per_step} sequences of an "
                               f"optimizer step (batch_size {self.cfg.batch_size} prompts x {self.gen_cfg.num_generations} "
                               f"samples{' / ' + str(self.minibatches) + ' minibatches' if self.minibatches > 1 else ''})")
-        if per_step % self.cfg.micro_batch_size == 0:
-            return BatchPlan.build(per_step, self.cfg.micro_batch_size)
-        return _RaggedPlan(per_step, self.cfg.micro_batch_size)
+        from rlhflab.train.distributed import launched_world_size
+
+        world = launched_world_size()
+        if per_step % (self.cfg.micro_batch_size * world) == 0:
+            return BatchPlan.build(per_step, self.cfg.micro_batch_size, world)
+        # uneven: the last micro-batch is smaller and, over several processes, a rank short of a
+        # micro-batch repeats one with weight 0 (Loop._share)
+        return _RaggedPlan(per_step, self.cfg.micro_batch_size, world)
 
     samples_per_completion = 1
     """How many training sequences one sample becomes (online_dpo: pairs of two)."""
@@ -235,22 +241,61 @@ class OnlineAlgorithm(Algorithm):
 
     def generate_and_score(self, model: nn.Module, prompts: list[Any], seed: int,
                            params: SamplingParams | None = None) -> tuple[list[Completion], dict[str, Scores], dict[str, float]]:
+        """Completions of `prompts` and their scores. In a multi-process run each rank generates and
+        scores a contiguous slice of the prompts (so a prompt's whole group stays on one rank) and
+        every rank gets the gathered result, identical to what one process would have produced."""
         times = {}
+        lo, hi = self.dist.block(len(prompts))
+        mine = prompts[lo:hi]
         t = time.perf_counter()
         self.generator.sync_weights()
         times["time/sync_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        completions = self.generator.generate([p.input_ids for p in prompts], params or self.sampling, seed)
+        completions = self.generator.generate([p.input_ids for p in mine], params or self.sampling, seed, offset=lo) \
+            if mine else []
         times["time/generate_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        samples = self.samples(prompts, completions)
-        scores = {"reward": self.scorer.score(samples)}
-        if self.cost_scorer is not None:
-            scores["cost"] = self.cost_scorer.score(samples)
-        if self.gold_scorer is not None:
-            scores["gold"] = self.gold_scorer.score(samples)
+        samples = self.samples(mine, completions)
+        scorers = {"reward": self.scorer, "cost": self.cost_scorer, "gold": self.gold_scorer}
+        scores = {k: sc.score(samples) if samples else Scores(torch.zeros(0)) for k, sc in scorers.items() if sc is not None}
         times["time/score_s"] = time.perf_counter() - t
+        if self.dist.enabled:
+            t = time.perf_counter()
+            completions, scores = self._gather_round(lo, completions, scores, scorers, prompts)
+            times["time/gather_s"] = time.perf_counter() - t
         return completions, scores, times
+
+    def _gather_round(self, lo: int, completions: list[Completion], scores: dict[str, Scores], scorers: dict[str, Any],
+                      prompts: list[Any]) -> tuple[list[Completion], dict[str, Scores]]:
+        """Every rank's completions (prompt indices made global) and scores, in prompt order; a
+        scorer that normalizes over the batch recombines its raw parts over the whole round."""
+        for c in completions:
+            c.prompt_index += lo
+        with self.dist.phase("rollout", self.dist.phase_step):
+            parts = self.dist.all_gather_object((completions, scores))
+        completions = [c for part, _ in parts for c in part]
+        merged = {}
+        for k in scores:
+            got = [sc[k] for _, sc in parts if sc[k].values.numel()]
+            keys = got[0].parts.keys() if got else ()
+            merged[k] = Scores(torch.cat([g.values for g in got]) if got else torch.zeros(0),
+                               {p: torch.cat([g.parts[p] for g in got]) for p in keys})
+            recombine = getattr(scorers[k], "recombine", None)
+            if recombine is not None and completions:
+                merged[k] = recombine(merged[k], self.samples(prompts, completions))
+        return completions, merged
+
+    def sharded_map(self, fn: Any, chunks: list[Any]) -> list[Tensor]:
+        """[fn(c) for c in chunks] (CPU tensors), each rank computing chunks rank, rank + W, ... and
+        every rank receiving all of them in order: the per-token passes of a round (old-policy,
+        reference, critic values) split over the ranks."""
+        if not self.dist.enabled:
+            return [fn(c) for c in chunks]
+        mine = {i: fn(chunks[i]) for i in range(self.dist.rank, len(chunks), self.dist.world_size)}
+        with self.dist.phase("rollout", self.dist.phase_step):
+            gathered = self.dist.all_gather_object(mine)
+        everything = {i: v for part in gathered for i, v in part.items()}
+        return [everything[i] for i in range(len(chunks))]
 
     def make_rollout(self, model: nn.Module, round_: int) -> RolloutBatch | None:
         t0 = time.perf_counter()
@@ -313,7 +358,7 @@ class OnlineAlgorithm(Algorithm):
         from rlhflab.report.runlog import sample_rounds, write_rollout_samples
 
         k = self.updates_per_rollout
-        if round_ in sample_rounds(-(-self.cfg.max_steps // k)):
+        if self.dist.is_main and round_ in sample_rounds(-(-self.cfg.max_steps // k)):
             write_rollout_samples(Path(self.cfg.output_dir), round_ * k + 1, prompts, completions, scores)
 
     # ------------------------------------------------------------------ the loop's hooks

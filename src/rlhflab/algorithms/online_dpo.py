@@ -53,9 +53,9 @@ class OnlineDPO(OnlineAlgorithm):
         self.hparams = {"beta": self.s.beta} if "beta" in hparams_of(self.s.loss) else {}
 
     def batch_plan(self) -> Any:
-        from rlhflab.train.plan import BatchPlan
+        from rlhflab.algorithms.base import Algorithm
 
-        return BatchPlan.build(self.cfg.batch_size, self.cfg.micro_batch_size)
+        return Algorithm.batch_plan(self)  # batch_size pairs per step (fewer when some prompts give no pair)
 
     plan_unit = "pairs"
 
@@ -93,13 +93,15 @@ class OnlineDPO(OnlineAlgorithm):
             policy = self.policy(model)
             dev = next(policy.parameters()).device
             m = self.cfg.micro_batch_size * 2
-            refs = []
+            chunks = [out.select(list(range(s, min(s + m, len(out))))) for s in range(0, len(out), m)]
+
+            def ref_sums(part: RolloutBatch) -> Tensor:
+                part = part.to(dev)
+                lp, _ = completion_token_logps(ref, part.lm)
+                return per_token_to_sequences(lp, part.loss_mask).cpu()
+
             with reference_context(policy, self.ref_model) as ref:
-                for s in range(0, len(out), m):
-                    part = out.select(list(range(s, min(s + m, len(out))))).to(dev)
-                    lp, _ = completion_token_logps(ref, part.lm)
-                    refs.append(per_token_to_sequences(lp, part.loss_mask).cpu())
-            out.seq["ref"] = torch.cat(refs)
+                out.seq["ref"] = torch.cat(self.sharded_map(ref_sums, chunks))
         return out
 
     def batches_for_step(self, model: nn.Module, step: int) -> list[Any] | None:

@@ -197,18 +197,22 @@ class PolicyGradient(OnlineAlgorithm):
         dev = next(policy.parameters()).device
         m = self.cfg.micro_batch_size
         passes = need_old or self.needs_reference or self.uses_critic
-        chunks = [batch.select(list(range(s, min(s + m, len(batch))))).to(dev) for s in range(0, len(batch), m)] if passes else []
+        chunks = [batch.select(list(range(s, min(s + m, len(batch))))) for s in range(0, len(batch), m)] if passes else []
         width = mask.shape[1]
+
+        def per_token(fn: Any) -> Tensor:  # (B, T) over the round, each rank computing its share of the chunks
+            return torch.cat(self.sharded_map(lambda c: _pad_to(fn(c.to(dev)).cpu(), width), chunks))
+
         if need_old:
             with eval_mode(policy), torch.no_grad():
-                old = torch.cat([_pad_to(self.token_logps(policy, c)[0].cpu(), width) for c in chunks])
+                old = per_token(lambda c: self.token_logps(policy, c)[0])
             batch.tensors["old_logp"] = old
             self.pending["engine_trainer_max_abs_diff"] = float((old - engine)[mask].abs().max())
         behaviour = batch.tensors.get("old_logp", engine)
         kl_tok = None  # the per-token KL penalized in the reward (kl_in: reward)
         if self.needs_reference:
             with reference_context(policy, self.ref_model) as ref:
-                ref_lp = torch.cat([_pad_to(self.token_logps(ref, c)[0].cpu(), width) for c in chunks])
+                ref_lp = per_token(lambda c: self.token_logps(ref, c)[0])
             k1 = torch.where(mask, behaviour - ref_lp, torch.zeros_like(ref_lp))
             self.pending["kl/k1"] = float(per_token_to_sequences(k1, mask).mean())
             self.pending["kl/k3"] = float(kl_estimate(behaviour, ref_lp, "k3")[mask].mean())
@@ -221,7 +225,7 @@ class PolicyGradient(OnlineAlgorithm):
         if self.uses_critic:
             with eval_mode(model), torch.no_grad():
                 for name, critic in self.critics(model).items():
-                    values[name] = torch.cat([_pad_to(critic_values(critic, c).cpu(), width) for c in chunks])
+                    values[name] = per_token(lambda c, critic=critic: critic_values(critic, c))
         adv, extra = self._advantages(batch, reward, kl_tok, values, scores, completions)
         if self.s.whiten_advantages and self.s.advantage != "reinforce_pp":
             adv = whiten(adv, mask)

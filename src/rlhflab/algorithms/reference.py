@@ -59,21 +59,22 @@ def cache_path(key_parts: Sequence[str]) -> Path:
     return cache_dir() / f"{key}.safetensors"
 
 
-def load_or_compute(path: Path, n: int, compute: Callable[[], torch.Tensor], console: Any) -> tuple[torch.Tensor, bool]:
-    """The cached (n, k) float32 tensor at `path`, or `compute()` saved there atomically.
-    Returns (tensor, came_from_cache)."""
+def _load(path: Path, n: int) -> torch.Tensor | None:
     from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            logps = f.get_tensor("logps")
+        return logps if logps.shape[0] == n else None
+    except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
+        return None
+
+
+def _store(path: Path, logps: torch.Tensor, console: Any) -> None:
     from safetensors.torch import save_file
 
-    if path.is_file():
-        try:
-            with safe_open(str(path), "pt") as f:
-                logps = f.get_tensor("logps")
-            if logps.shape[0] == n:
-                return logps, True
-        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
-            pass
-    logps = compute().float().cpu().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -83,6 +84,25 @@ def load_or_compute(path: Path, n: int, compute: Callable[[], torch.Tensor], con
     except OSError as e:  # an unwritable cache only costs the reuse
         Path(tmp).unlink(missing_ok=True)
         console.print(f"[yellow]warning:[/] could not cache reference log-probs at {path}: {e}")
+
+
+def load_or_compute(path: Path, n: int, compute: Callable[[int, int], torch.Tensor], console: Any,
+                    dist: Any = None) -> tuple[torch.Tensor, bool]:
+    """The cached (n, k) float32 tensor at `path`, or `compute(lo, hi)` (rows lo..hi-1) saved there
+    atomically. Returns (tensor, came_from_cache). In a multi-process run (`dist`) the cache is used
+    only if every rank can read it; otherwise each rank computes a slice, all receive the whole,
+    and rank 0 writes the file."""
+    from rlhflab.train.distributed import SINGLE
+
+    dist = dist or SINGLE
+    logps = _load(path, n)
+    if dist.agree(logps is not None):
+        return logps, True
+    lo, hi = dist.block(n)
+    mine = compute(lo, hi).float().cpu().contiguous() if hi > lo else None
+    logps = torch.cat([p for p in dist.all_gather_object(mine) if p is not None]) if dist.enabled else mine
+    if dist.is_main:
+        _store(path, logps, console)
     return logps, False
 
 
@@ -109,8 +129,9 @@ def precompute(items: Sequence[Any], sides: Callable[[Any], Sequence[TokenizedSe
     (both enter the cache key with the reference model's identity and `tag`)."""
     digest = sequences_digest((s.input_ids, mask_of(s)) for it in items for s in sides(it))
     path = cache_path([model_identity(model_path), digest, tag])
-    return load_or_compute(path, len(items), lambda: run_batches(
-        items, ctx.micro_batch_size, score, f"reference log-probs ({split})", ctx.console), ctx.console)
+    return load_or_compute(path, len(items), lambda lo, hi: run_batches(
+        items[lo:hi], ctx.micro_batch_size, score, f"reference log-probs ({split})", ctx.console), ctx.console,
+        getattr(ctx, "dist", None))
 
 
 def load_reference_model(cfg: Any, device: torch.device) -> torch.nn.Module:

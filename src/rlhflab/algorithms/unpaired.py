@@ -140,14 +140,20 @@ class _Unpaired(Algorithm):
         return StepOutput(loss.sum(), {k: v.detach().sum() for k, v in metrics.items()})
 
     def evaluate(self, model: nn.Module, items: list[Any], micro_batch_size: int) -> dict[str, float]:
+        from rlhflab.train.distributed import SINGLE
+
         device = next(model.parameters()).device
         sums: dict[str, float] = {}
-        for k in range(0, len(items), micro_batch_size):
-            batch = self.collate(items[k:k + micro_batch_size]).to(device)
-            self.begin_step(model, [batch])
-            loss, metrics = self.per_example(model, batch)
-            for name, v in {"loss": loss, **metrics}.items():
-                sums[name] = sums.get(name, 0.0) + float(v.sum())
+        dist, self.dist = self.dist, SINGLE  # every rank evaluates the whole eval set on its own
+        try:
+            for k in range(0, len(items), micro_batch_size):
+                batch = self.collate(items[k:k + micro_batch_size]).to(device)
+                self.begin_step(model, [batch])
+                loss, metrics = self.per_example(model, batch)
+                for name, v in {"loss": loss, **metrics}.items():
+                    sums[name] = sums.get(name, 0.0) + float(v.sum())
+        finally:
+            self.dist = dist
         return {name: v / len(items) for name, v in sums.items()}
 
     def summary_extra(self) -> dict[str, Any]:
@@ -188,14 +194,23 @@ class KTO(_Unpaired):
         from rlhflab.data import collate_lm
         from rlhflab.models.logps import sequence_logps
 
-        seqs = mismatched([s for b in batches for s in _rows(b.seqs)])
+        per_batch = [_rows(b.seqs) for b in batches]
+        d = self.dist
+        if d.enabled:  # the step's micro-batches in global order (rank r holds r, r + W, ...)
+            parts = d.all_gather_object(per_batch)
+            per_batch = [parts[k % d.world_size][k // d.world_size] for k in range(sum(len(p) for p in parts))]
+        seqs = mismatched([s for rows in per_batch for s in rows])
+        lo, hi = d.block(len(seqs))  # each rank scores a slice of the mismatched pairs
         device, mbs = batches[0].seqs.input_ids.device, max(len(b) for b in batches)
-        policy, diffs = self.policy(model), []
+        policy, diffs = self.policy(model), [torch.zeros(0, device=device)]
         with torch.no_grad():
-            for k in range(0, len(seqs), mbs):
-                lm = collate_lm(seqs[k:k + mbs], self.pad_id).to(device)
+            for k in range(lo, hi, mbs):
+                lm = collate_lm(seqs[k:min(k + mbs, hi)], self.pad_id).to(device)
                 diffs.append(sequence_logps(policy, lm)[0] - self._reference_logps(policy, lm))
         cat = torch.cat(diffs)
+        if d.enabled:
+            total, count = d.sum_floats([float(cat.sum()), cat.numel()])
+            cat = torch.tensor([total / count])  # the mean over every rank's pairs
         self.z0 = L.kto_reference_point(cat, torch.zeros_like(cat))
 
     def per_example(self, model: nn.Module, batch: UnpairedBatch) -> tuple[Tensor, dict[str, Tensor]]:

@@ -74,6 +74,18 @@ class WeightedSum(Scorer):
             values = values + weight * normalize(got.values, mode, groups)
         return Scores(values, parts)
 
+    def recombine(self, scores: Scores, samples: list[Sample]) -> Scores:
+        """`scores` gathered from several ranks' slices: the values again from the raw member
+        scores in `parts`, so a batch-normalized member is normalized over the whole round (group
+        normalization never spans ranks: a prompt's samples are scored on one rank)."""
+        if not any(mode == "batch" for _, _, _, mode in self.members):
+            return scores
+        groups = torch.tensor([s.group for s in samples], dtype=torch.long)
+        values = torch.zeros(len(samples), dtype=torch.float32)
+        for name, _, weight, mode in self.members:
+            values = values + weight * normalize(scores.parts[name], mode, groups)
+        return Scores(values, scores.parts)
+
     def close(self) -> None:
         for _, scorer, _, _ in self.members:
             scorer.close()

@@ -2,8 +2,11 @@
 
 No weight copy exists, so `sync_weights` has nothing to do. Prompts are left-padded and
 decoded together in chunks of `batch_size` sequences; a chunk stops as soon as every row has
-finished. Sampling draws from a `torch.Generator` seeded per call, so a rollout is a pure
-function of (weights, prompts, params, seed) and does not touch the global RNG.
+finished. The uniform number behind sample j of prompt p at decoding step t is a hash of
+(seed, offset + p, j, t) (splitmix64, computed on the device), so a rollout is a pure function of
+(weights, prompts, params, seed), does not touch the global RNG, and does not depend on how the
+prompts are split into chunks or over ranks: ranks that each generate a slice of a round's
+prompts (with `offset` = the slice's start) sample what one process would have sampled.
 """
 
 from __future__ import annotations
@@ -32,13 +35,50 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def _sample(probs: Tensor, gen: torch.Generator) -> Tensor:
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer on a Python int (mod 2^64)."""
+    x = (x + _GOLDEN) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def row_keys(seed: int, prompt_ids: list[int], n: int) -> list[int]:
+    """The 64-bit key of sample j of each (global) prompt id, as signed int64 values."""
+    base = _mix64(int(seed) & _M64)
+    return [_signed(_mix64(_mix64(base ^ p) ^ j)) for p in prompt_ids for j in range(n)]
+
+
+def _srl(x: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 values (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniform(keys: Tensor, step: int) -> Tensor:
+    """U[0, 1) per row from (key, step): splitmix64 on int64 tensors (wrapping arithmetic), the top
+    53 bits as a float. Same numbers on any device and for any batch layout."""
+    x = keys + _signed(((step + 1) * _GOLDEN) & _M64)
+    x = (x ^ _srl(x, 30)) * _signed(0xBF58476D1CE4E5B9)
+    x = (x ^ _srl(x, 27)) * _signed(0x94D049BB133111EB)
+    x = x ^ _srl(x, 31)
+    return _srl(x, 11).double() * (1.0 / (1 << 53))
+
+
+def _sample(probs: Tensor, u: Tensor) -> Tensor:
     """One token per row of `probs` (B, V) by inverse-CDF sampling: the first index whose
-    cumulative probability reaches u * total, u ~ U(0, 1) from `gen`. Same distribution as
+    cumulative probability reaches u * total, with u (B,) uniform in [0, 1). Same distribution as
     torch.multinomial, several times faster on a large vocabulary on CPU; a zero-probability
     token is never chosen (its cumulative value equals its predecessor's)."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=gen, device=probs.device).clamp_(min=1e-12)
+    u = u.to(cdf.dtype)[:, None].clamp(min=1e-12)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
     return idx.clamp_(max=probs.shape[-1] - 1)
 
@@ -61,21 +101,21 @@ class HFGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int, offset: int = 0) -> list[Completion]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        gen = torch.Generator(device=self.device).manual_seed(int(seed) % 2**63)
         out: list[Completion] = []
         per_chunk = max(1, self.batch_size // params.n)  # prompts per chunk; each prompt is prefilled once
         with eval_mode(self.model), torch.inference_mode():
             for s in range(0, len(prompts), per_chunk):
-                out += self._chunk(list(enumerate(prompts))[s:s + per_chunk], params, gen)
+                out += self._chunk(list(enumerate(prompts))[s:s + per_chunk], params, seed, offset)
         return out
 
-    def _chunk(self, prompts: list[tuple[int, list[int]]], params: SamplingParams, gen: torch.Generator) -> list[Completion]:
+    def _chunk(self, prompts: list[tuple[int, list[int]]], params: SamplingParams, seed: int, offset: int) -> list[Completion]:
         """Prefill each prompt once, copy its cache for its n samples, then decode all rows."""
         device, n = self.device, params.n
         rows = [(i, p) for i, p in prompts for _ in range(n)]
+        keys = torch.tensor(row_keys(seed, [offset + i for i, _ in prompts], n), dtype=torch.long, device=device)
         B, P = len(rows), len(prompts)
         width = max(len(p) for _, p in prompts)
         ids = torch.full((P, width), self.pad_id, dtype=torch.long)
@@ -112,7 +152,7 @@ class HFGenerator:
                 logp_all = torch.log_softmax(scaled, dim=-1)
                 filtered = params.top_k or params.top_p < 1.0
                 probs = torch.softmax(_filter_logits(scaled, params.top_k, params.top_p), dim=-1) if filtered else logp_all.exp()
-                nxt = _sample(probs, gen)
+                nxt = _sample(probs, counter_uniform(keys, t))
             else:
                 logp_all = torch.log_softmax(logits, dim=-1)
                 nxt = logits.argmax(-1)

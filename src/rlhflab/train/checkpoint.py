@@ -9,6 +9,10 @@ A checkpoint folder `checkpoints/step-000050/` holds:
 
 It is written to a temporary folder and renamed into place, so a kill at any moment leaves the
 previous checkpoint intact; a folder without `state.json` is never considered complete.
+
+The files hold full (unsharded) tensors whatever the world size: in a multi-process run rank 0
+writes them (under FSDP every rank first takes part in gathering the shards), and on resume every
+rank reads them and keeps its own shard.
 """
 
 from __future__ import annotations
@@ -31,6 +35,22 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of the whole tensor (an FSDP DTensor is gathered from every rank: collective)."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.detach().contiguous().cpu().clone()
+
+
+def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`full` laid out like `ref`: this rank's shard when `ref` is an FSDP DTensor."""
+    if hasattr(ref, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(ref.device, ref.dtype), ref.device_mesh, ref.placements, src_data_rank=None)
+    return full.to(ref.device, ref.dtype)
+
+
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -38,7 +58,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for pid, st in sd["state"].items():
         for key, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu().clone()
+                tensors[f"{pid}.{key}"] = _full(value)
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -79,17 +99,21 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 
 def save_checkpoint(
-    ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int
+    ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], keep: int,
+    write: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically and delete all but the newest `keep`."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` atomically and delete all but the newest `keep`. `write=False` (ranks
+    other than 0) only takes part in gathering sharded state."""
+    weights = {n: _full(p) for n, p in _trainable(model).items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     final = ckpt_root / f"{PREFIX}{step:06d}"
+    if not write:
+        return final
+    ckpt_root.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {n: p.detach().contiguous().cpu().clone() for n, p in _trainable(model).items()}
     save_file(weights, str(tmp / "trainable.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
     rng_tensors, rng_meta = _rng_state()
@@ -126,8 +150,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         )
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+            p.copy_(_like(weights[name], p))
     opt_sd = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text()))
+    order = list(params.values())  # optimizer parameter i is the model's i-th trainable parameter
+    for pid, st in opt_sd["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value) and pid < len(order) and value.shape == order[pid].shape and value.dim() > 0:
+                st[key] = _like(value, order[pid])
     optimizer.load_state_dict(opt_sd)
     _set_rng_state(load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text()))
     return json.loads((path / "state.json").read_text())

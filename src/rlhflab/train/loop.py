@@ -4,6 +4,12 @@ Per optimizer step: draw `batch_size` items (a pure function of seed and step, s
 needs only the step), split them into micro-batches, sum each micro-batch's loss over its units
 and divide by the units of the whole step (exact gradient accumulation), check for non-finite
 values, clip, step AdamW with the scheduled learning rate, log, checkpoint, evaluate.
+
+In a multi-process run (train/distributed.py) rank r takes micro-batches r, r + W, r + 2W, ... of
+the same global step, the step's units are summed over ranks before any backward, and each rank
+scales its loss by W / units so DDP's (or FSDP's) gradient average is the exact global gradient:
+W processes give the parameters of one process with the same global batch. Metrics are summed
+over ranks; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from rlhflab.algorithms.base import Algorithm
 from rlhflab.config import RunConfig
 from rlhflab.report.runlog import record_warning
 from rlhflab.train.checkpoint import load_checkpoint, save_checkpoint
-from rlhflab.train.metrics import MetricsWriter, make_progress
+from rlhflab.train.distributed import SINGLE, CollectiveTimeout, DistContext
+from rlhflab.train.metrics import MetricsWriter, NullWriter, make_progress
+from rlhflab.train.parallel import Engine
 from rlhflab.train.schedule import lr_at
 
 
@@ -83,11 +91,14 @@ def _first_nonfinite_grad(model: torch.nn.Module) -> str:
 
 class Loop:
     def __init__(self, cfg: RunConfig, algo: Algorithm, model: torch.nn.Module, items: list[Any],
-                 eval_items: list[Any] | None, out_dir: Path, device: torch.device, console):
+                 eval_items: list[Any] | None, out_dir: Path, device: torch.device, console,
+                 dist: DistContext = SINGLE):
         self.cfg, self.algo, self.model, self.items, self.eval_items = cfg, algo, model, items, eval_items
-        self.out_dir, self.device, self.console = out_dir, device, console
+        self.out_dir, self.device, self.console, self.dist = out_dir, device, console, dist
         self.plan = algo.batch_plan()
         self.sampler = Sampler(len(items), cfg.batch_size, cfg.seed)
+        d = cfg.distributed
+        self.engine = Engine(model, dist, d.strategy, d.find_unused_parameters)  # before the optimizer: FSDP swaps parameters
         params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = make_adamw(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -98,16 +109,42 @@ class Loop:
 
     # ------------------------------------------------------------------ one step
     def _micro_batches(self, step: int) -> list[Any]:
+        """This rank's micro-batches of the step: k = rank, rank + W, ... of the global step's."""
         idx = self.sampler.indices(step)
         m = self.cfg.micro_batch_size
-        return [self.algo.collate([self.items[i] for i in idx[k:k + m]]) for k in range(0, len(idx), m)]
+        starts = self.dist.strided(range(0, len(idx), m))
+        return [self.algo.collate([self.items[i] for i in idx[k:k + m]]) for k in starts]
+
+    def _share(self, batches: list[Any]) -> tuple[list[Any], list[float]]:
+        """This rank's share of a step's global micro-batches, and each one's weight. Every rank runs
+        the same number of forward/backward passes (the gradient all-reduce is collective), so a
+        rank short of one repeats a micro-batch with weight 0."""
+        mine = self.dist.strided(batches)
+        need = -(-len(batches) // self.dist.world_size)
+        weights = [1.0] * len(mine) + [0.0] * (need - len(mine))
+        return mine + [batches[0]] * (need - len(mine)), weights
 
     def train_step(self, step: int) -> dict[str, Any]:
+        try:
+            with self.dist.phase("step", step + 1):
+                return self._train_step(step)
+        except RuntimeError as e:  # a gradient all-reduce that hit the default group's timeout
+            if not self.dist.enabled or isinstance(e, CollectiveTimeout) or "timed out" not in str(e).lower():
+                raise
+            raise CollectiveTimeout(f"rank {self.dist.rank}/{self.dist.world_size}: a collective of step {step + 1} "
+                                    f"timed out in phase '{self.dist.phase_name}'{self.dist._others()}: {e}") from e
+
+    def _train_step(self, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         self.model.train()
-        batches = self.algo.batches_for_step(self.model, step)
+        with self.dist.phase("rollout", step + 1), self.engine.gathered():
+            batches = self.algo.batches_for_step(self.model, step)
+        weights = None
         if batches is None:
             batches = self._micro_batches(step)
+        elif batches:
+            batches, weights = self._share(batches)
+        weights = weights or [1.0] * len(batches)
         t_batches = time.perf_counter() - t0
         if not batches:  # an online round with nothing to learn from (e.g. no pair had a reward gap)
             elapsed = time.perf_counter() - t0
@@ -116,7 +153,8 @@ class Loop:
                    "time/step_s": elapsed, "time/update_s": 0.0}
             row.update(self.algo.step_metrics(step))
             return row
-        total_units = sum(self.algo.units(b) for b in batches)
+        local_units = sum(self.algo.units(b) * w for b, w in zip(batches, weights))
+        total_units = int(self.dist.sum_floats([local_units])[0])
         if total_units == 0:
             from rlhflab.data import raise_if_no_loss_tokens
 
@@ -128,17 +166,21 @@ class Loop:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         batches = [b.to(self.device) for b in batches]
-        with autocast(self.cfg, self.device):
-            self.algo.begin_step(self.model, batches)
+        with autocast(self.cfg, self.device), self.engine.gathered():
+            self.algo.begin_step(self.model, [b for b, w in zip(batches, weights) if w])
         loss_total, metric_sums, metric_counts, tokens = 0.0, {}, {}, 0
         problem = None
-        for batch in batches:
-            with autocast(self.cfg, self.device):
-                out = self.algo.loss(self.model, batch)
-            if not torch.isfinite(out.loss_sum):
+        world = self.dist.world_size  # DDP/FSDP average over ranks; the units are global
+        loss_of = lambda model, batch: self.algo.loss(model, batch)  # noqa: E731
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            last = i == len(batches) - 1
+            with autocast(self.cfg, self.device), (contextlib.nullcontext() if last else self.engine.no_sync()):
+                out = self.engine(loss_of, batch)
+                (out.loss_sum * (w * world) / total_units).backward()  # every rank runs every backward: the sync is collective
+            if not w:
+                continue
+            if not torch.isfinite(out.loss_sum) and problem is None:
                 problem = f"non-finite loss ({float(out.loss_sum.detach())}) in micro-batch with rows {getattr(batch, 'rows', [])}"
-                break
-            (out.loss_sum / total_units).backward()
             loss_total += float(out.loss_sum.detach())
             for k, v in out.metrics.items():
                 if isinstance(v, tuple):  # (sum, count): averaged over its own count, not the step's units
@@ -146,10 +188,15 @@ class Loop:
                     v = v[0]
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
             tokens += _count_tokens(batch)
+        if self.dist.enabled:  # every rank's sums; a problem on any rank skips the step on all
+            parts = self.dist.all_gather_object((loss_total, tokens, metric_sums, metric_counts, problem))
+            loss_total, tokens = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            metric_sums, metric_counts = _sum_dicts([p[2] for p in parts]), _sum_dicts([p[3] for p in parts])
+            problem = next((f"rank {r}: {p[4]}" for r, p in enumerate(parts) if p[4]), None)
         grad_norm = float("nan")
         if problem is None:
             max_norm = self.cfg.optim.max_grad_norm or float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            grad_norm = self.engine.clip_grad_norm(self.params, max_norm)
             if not math.isfinite(grad_norm):
                 problem = f"non-finite gradient (first in parameter '{_first_nonfinite_grad(self.model)}')"
         skipped = 0
@@ -160,7 +207,8 @@ class Loop:
                 raise NonFiniteError(msg + ". Stopped (nonfinite: halt); lower optim.lr or check the data. "
                                      "The newest checkpoint is intact.")
             self.console.print(f"[yellow]warning:[/] {msg}; step skipped (nonfinite: skip)")
-            record_warning(self.out_dir, step + 1, f"{msg}; step skipped (nonfinite: skip)")
+            if self.dist.is_main:
+                record_warning(self.out_dir, step + 1, f"{msg}; step skipped (nonfinite: skip)")
             self.optimizer.zero_grad(set_to_none=True)
             skipped = 1
         else:
@@ -187,21 +235,36 @@ class Loop:
 
     # ------------------------------------------------------------------ the run
     def evaluate(self) -> dict[str, float]:
+        """Held-out metrics; every rank computes them on the whole eval set (online algorithms shard
+        their generation inside), so all ranks hold the same numbers."""
         if not self.eval_items:
             return {}
         self.model.eval()
-        with torch.no_grad(), autocast(self.cfg, self.device):
+        with self.dist.phase("evaluation", self.state.step), torch.no_grad(), autocast(self.cfg, self.device), \
+                self.engine.gathered():
             result = self.algo.evaluate(self.model, self.eval_items, self.cfg.micro_batch_size)
         return {f"eval/{k}": v for k, v in result.items()}
 
     def resume_from(self, ckpt: Path) -> None:
-        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        with self.dist.phase("checkpoint"):
+            state = load_checkpoint(ckpt, self.model, self.optimizer)
         self.state.step = int(state["step"])
         self.algo.load_state_dict(state.get("algorithm_state", {}))
 
+    def save(self, step: int) -> None:
+        """Checkpoint `step`: rank 0 writes; under FSDP every rank takes part in gathering the state."""
+        with self.dist.phase("checkpoint", step):
+            save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
+                            {"max_steps": self.cfg.max_steps, "seed": self.cfg.seed, "world_size": self.dist.world_size,
+                             "algorithm_state": self.algo.state_dict()}, self.cfg.keep_checkpoints,
+                            write=self.dist.is_main)
+            self.dist.barrier()  # no rank runs ahead of a checkpoint it might resume from
+
     def run(self, stop_at: int | None = None) -> LoopState:
         cfg = self.cfg
-        writer = MetricsWriter(self.out_dir, cfg, self.state.step if self.state.step else None, self.console)
+        main = self.dist.is_main
+        writer = MetricsWriter(self.out_dir, cfg, self.state.step if self.state.step else None, self.console) if main \
+            else NullWriter()
         finished = False
         end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
         try:
@@ -215,14 +278,18 @@ class Loop:
                     if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                         row.update(self.evaluate())
                     if self.gen_eval is not None and self.gen_eval.due(step, last):
-                        row.update(self.gen_eval.run(self.model, step, progress))
+                        with self.dist.phase("evaluation", step), self.engine.gathered():
+                            if main:  # rank 0 generates and writes evals.jsonl / best/; the others wait
+                                row.update(self.gen_eval.run(self.model, step, progress))
+                            self.dist.barrier()
                     writer.write(row)
                     self.state.history.append(row)
                     for w in self.algo.check_history(self.state.history):
                         if w not in self.state.warnings:
                             self.state.warnings.append(w)
                             progress.console.print(f"[yellow]warning:[/] step {step}: {w}")
-                            record_warning(self.out_dir, step, w)
+                            if main:
+                                record_warning(self.out_dir, step, w)
                     if step % cfg.log_every == 0 or last:
                         info = f"loss {row['loss']:.4f} lr {row['lr']:.2e}"
                         if "eval/loss" in row:
@@ -232,13 +299,19 @@ class Loop:
                         progress.update(task, completed=step)
                     due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last
                     if due and self.algo.can_checkpoint(step):
-                        save_checkpoint(self.out_dir / "checkpoints", step, self.model, self.optimizer,
-                                        {"max_steps": cfg.max_steps, "seed": cfg.seed,
-                                         "algorithm_state": self.algo.state_dict()}, cfg.keep_checkpoints)
+                        self.save(step)
             finished = True
         finally:
             writer.close(ok=finished)
         return self.state
+
+
+def _sum_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def _count_tokens(batch: Any) -> int:

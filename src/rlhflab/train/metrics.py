@@ -58,6 +58,16 @@ class MetricsWriter:
         self.trackers.close(ok)
 
 
+class NullWriter:
+    """The writer of ranks other than 0: a multi-process run logs once, from rank 0."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self, ok: bool = True) -> None:
+        pass
+
+
 def make_progress(console: Console, label: str = "train") -> Progress:
     return Progress(
         TextColumn(f"[bold]{label}"),

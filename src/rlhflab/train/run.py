@@ -41,12 +41,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The run's device; in a multi-process run on GPUs, the GPU of the rank's LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for, but no CUDA GPU is available; use device=cpu")
+    if device.type == "cuda" and local_rank is not None and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -111,12 +114,38 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         return run_self_rewarding(cfg, console)
     t_start = time.perf_counter()
     algo = get_algorithm(cfg)
-    plan = algo.batch_plan()
+    plan = algo.batch_plan()  # with the launcher's world size (WORLD_SIZE)
     train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console, check=algo.check_data)
     from rlhflab.eval.during_training import TrainingEvaluator
 
     gen_eval = TrainingEvaluator.from_config(cfg, console)  # the `evaluation:` prompts are checked here
     out, resume_ckpt = _check_out_dir(cfg)
+    dist = _join(cfg)  # every input is valid on this rank: join the others (docs/distributed.md)
+    try:
+        return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, algo,
+                    plan, train_info, examples, eval_examples, gen_eval, out, resume_ckpt)
+    finally:
+        from rlhflab.train.distributed import shutdown
+
+        shutdown(dist)
+
+
+def _join(cfg: RunConfig) -> Any:
+    from rlhflab.train.distributed import init_distributed, launched_world_size
+
+    if launched_world_size() == 1:
+        return init_distributed()
+    device_type = pick_device(cfg.device).type
+    return init_distributed(cfg.distributed.backend, vars(cfg.distributed.timeouts), device_type)
+
+
+def _run(cfg: RunConfig, console: Console, stop_at: int | None, dist: Any, t_start: float, algo: Any, plan: Any,
+         train_info: Any, examples: list[Any], eval_examples: list[Any] | None, gen_eval: Any, out: Path,
+         resume_ckpt: Path | None) -> RunResult:
+    main = dist.is_main
+    algo.dist = dist
+    if dist.enabled:  # rank 0 decides what to resume from; every rank reads it (a shared output_dir)
+        resume_ckpt = dist.broadcast_object(resume_ckpt)
 
     from rlhflab.data import tokenize_examples
     from rlhflab.models import load_tokenizer, resolve_model_path
@@ -135,40 +164,44 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     items = algo.prepare_items(items)
     eval_items = algo.prepare_items(eval_items) if eval_items else None
 
-    if cfg.overwrite and not cfg.resume:
+    if cfg.overwrite and not cfg.resume and main:
         _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    if main:
+        dump_config(cfg, out / "config.yaml")
     tokens_per_item = sum(_item_tokens(i) for i in items) / len(items)
     step_tokens = tokens_per_item * cfg.batch_size if algo.data_kind != "prompt" else None
     plan_text = plan.describe(algo.plan_unit) + (f", ~{step_tokens:,.0f} tokens/step" if step_tokens else "")
     console.print(plan_text)
     from rlhflab.report import runlog  # run.json, warnings.jsonl, samples.jsonl and the report (docs/report.md)
 
-    runlog.start_run_files(out, cfg.resume)
-    runlog.write_run_info(out, cfg, plan, algo.plan_unit, plan_text, len(items), len(eval_items or []), step_tokens)
+    if main:
+        runlog.start_run_files(out, cfg.resume)
+        runlog.write_run_info(out, cfg, plan, algo.plan_unit, plan_text, len(items), len(eval_items or []), step_tokens)
     console.print(f"  {len(items)} training {algo.item_name}, {len(eval_items or [])} eval; "
                   f"{cfg.max_steps} steps = {cfg.max_steps * cfg.batch_size / len(items):.2f} epochs")
 
     seed_everything(cfg.seed, cfg.deterministic)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, dist.local_rank if dist.enabled else None)
     model = algo.load_model(str(model_path), device)
     from rlhflab.models import count_parameters
 
     trainable, total = count_parameters(model)
     console.print(f"model: {cfg.model} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable) on {device}")
-    runlog.update_run_info(out, **runlog.model_info(model, trainable, total, device, cfg.dtype))
+    if main:
+        runlog.update_run_info(out, **runlog.model_info(model, trainable, total, device, cfg.dtype),
+                               world_size=dist.world_size, strategy=cfg.distributed.strategy if dist.enabled else "none")
 
     from rlhflab.algorithms.base import TrainContext
 
     t_ref = time.perf_counter()
     from rlhflab.train.loop import autocast
 
-    with autocast(cfg, device):  # the reference pass computes in the training precision
-        algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size))
+    with autocast(cfg, device), dist.phase("data"):  # the reference pass computes in the training precision
+        algo.before_training(model, items, eval_items, TrainContext(str(model_path), device, console, cfg.micro_batch_size, dist))
     prep_seconds = time.perf_counter() - t_ref
-    loop = Loop(cfg, algo, model, items, eval_items, out, device, console)
-    if gen_eval is not None:
+    loop = Loop(cfg, algo, model, items, eval_items, out, device, console, dist)
+    if gen_eval is not None and main:  # the other ranks keep only its schedule (Loop.run asks `due`)
         gen_eval.attach(algo, model, tokenizer, out, device)  # the model is still the initial policy
     initial_eval: dict[str, float] = {}
     if resume_ckpt is not None:
@@ -176,26 +209,37 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         console.print(f"resumed from {resume_ckpt} (step {loop.state.step})")
     elif cfg.resume:
         console.print("[yellow]warning:[/] resume=true but no complete checkpoint found; starting from step 0")
-    if cfg.resume:  # rows logged after the checkpoint are redone
+    if cfg.resume and main:  # rows logged after the checkpoint are redone
         runlog.drop_rows_after(out / "warnings.jsonl", loop.state.step)
         runlog.drop_rows_after(out / "samples.jsonl", loop.state.step)
     if gen_eval is not None:
-        gen_eval.start(loop.state.step)
+        if main:
+            gen_eval.start(loop.state.step)
         loop.gen_eval = gen_eval
     if loop.state.step == 0 and eval_items:
         initial_eval = loop.evaluate()
     if gen_eval is not None and loop.state.step == 0 and gen_eval.ev.at_start:
-        initial_eval.update(gen_eval.run(model, 0))
+        with dist.phase("evaluation", 0), loop.engine.gathered():
+            if main:
+                initial_eval.update(gen_eval.run(model, 0))
+            dist.barrier()
     try:
         state = loop.run(stop_at=stop_at)
     except BaseException as e:  # a halted, interrupted or failed run still gets its report
-        runlog.finish_run(out, loop.state.step, cfg.max_steps, e, console)
+        if main:
+            runlog.finish_run(out, loop.state.step, cfg.max_steps, e, console)
         raise
 
     final_dir = None
     if state.step >= cfg.max_steps:
         final_dir = out / "final"
-        algo.save_final(model, tokenizer, str(final_dir))
+        with dist.phase("checkpoint", state.step), loop.engine.gathered():
+            if main:
+                algo.save_final(model, tokenizer, str(final_dir))
+            dist.barrier()
+    if not main:
+        return RunResult(out, state.history, final_dir, initial_eval)
+    if state.step >= cfg.max_steps:
         summary = _summary(cfg, state.history, initial_eval, time.perf_counter() - t_start, final_dir)
         summary["before_training_s"] = round(prep_seconds, 3)
         summary.update(algo.summary_extra())
