@@ -76,6 +76,9 @@ class Engine:
                 fully_shard(layer)
             root = StepModule(model)
             fully_shard(root)
+            # mark the root now: work outside the training forward (generation, reference passes)
+            # calls the layers directly, and a layer reached first would take itself for the root
+            root._get_fsdp_state()._lazy_init()  # noqa: SLF001
             self.wrapped = root
             self.fsdp_modules = [m for m in root.modules() if isinstance(m, FSDPModule)]
         elif self.strategy != "none":
@@ -120,6 +123,22 @@ class Engine:
             for m in self.fsdp_modules:
                 m.reshard()
                 m.set_reshard_after_forward(True, recurse=False)
+
+    def materialize(self) -> None:
+        """After the last step under FSDP: every parameter becomes a plain, full tensor on every rank
+        (a collective), so the model is saved exactly like an unsharded one (tied weights stay
+        tied). The engine does not train afterwards."""
+        if self.strategy != "fsdp":
+            return
+        full: dict[int, nn.Parameter] = {}
+        with torch.no_grad():
+            for module in self.model.modules():
+                for name, p in list(module._parameters.items()):  # noqa: SLF001
+                    if p is None or not hasattr(p, "full_tensor"):
+                        continue
+                    if id(p) not in full:
+                        full[id(p)] = nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
+                    module._parameters[name] = full[id(p)]  # noqa: SLF001
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
         """The global gradient norm (before clipping), identical on every rank."""

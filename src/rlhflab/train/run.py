@@ -105,6 +105,34 @@ def load_data(cfg: RunConfig, algo_kind: str, console: Console,
     return train, examples, eval_examples
 
 
+@dataclass
+class ValidatedInputs:
+    """What `validate_inputs` checked and read: everything before the process group and the models."""
+
+    algo: Any
+    plan: Any
+    train_info: Any
+    examples: list[Any]
+    eval_examples: list[Any] | None
+    gen_eval: Any
+    out: Path
+    resume_ckpt: Path | None
+
+
+def validate_inputs(cfg: RunConfig, console: Console) -> ValidatedInputs:
+    """Every check `rlhflab train` makes before it joins the other ranks or loads a tokenizer: the
+    algorithm's settings, the batch plan for the launcher's world size, the data rows, the
+    `evaluation:` prompts and the output directory (also what `rlhflab preflight` runs)."""
+    algo = get_algorithm(cfg)
+    plan = algo.batch_plan()  # with the launcher's world size (WORLD_SIZE)
+    train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console, check=algo.check_data)
+    from rlhflab.eval.during_training import TrainingEvaluator
+
+    gen_eval = TrainingEvaluator.from_config(cfg, console)  # the `evaluation:` prompts are checked here
+    out, resume_ckpt = _check_out_dir(cfg)
+    return ValidatedInputs(algo, plan, train_info, examples, eval_examples, gen_eval, out, resume_ckpt)
+
+
 def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = None) -> RunResult:
     """Run the configured training. `stop_at` ends the loop early (for tests of resume)."""
     console = console or Console(stderr=True)
@@ -113,17 +141,11 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
 
         return run_self_rewarding(cfg, console)
     t_start = time.perf_counter()
-    algo = get_algorithm(cfg)
-    plan = algo.batch_plan()  # with the launcher's world size (WORLD_SIZE)
-    train_info, examples, eval_examples = load_data(cfg, algo.data_kind, console, check=algo.check_data)
-    from rlhflab.eval.during_training import TrainingEvaluator
-
-    gen_eval = TrainingEvaluator.from_config(cfg, console)  # the `evaluation:` prompts are checked here
-    out, resume_ckpt = _check_out_dir(cfg)
+    v = validate_inputs(cfg, console)
     dist = _join(cfg)  # every input is valid on this rank: join the others (docs/distributed.md)
     try:
-        return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, algo,
-                    plan, train_info, examples, eval_examples, gen_eval, out, resume_ckpt)
+        return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, v.algo,
+                    v.plan, v.train_info, v.examples, v.eval_examples, v.gen_eval, v.out, v.resume_ckpt)
     finally:
         from rlhflab.train.distributed import shutdown
 
@@ -233,7 +255,8 @@ def _run(cfg: RunConfig, console: Console, stop_at: int | None, dist: Any, t_sta
     final_dir = None
     if state.step >= cfg.max_steps:
         final_dir = out / "final"
-        with dist.phase("checkpoint", state.step), loop.engine.gathered():
+        with dist.phase("checkpoint", state.step):
+            loop.engine.materialize()  # FSDP: the full weights on every rank
             if main:
                 algo.save_final(model, tokenizer, str(final_dir))
             dist.barrier()
