@@ -175,3 +175,25 @@ def test_a_collective_that_waits_too_long_names_rank_phase_and_the_others(tmp_pa
     assert "phase 'rollout' (step 7)" in line and "more than 2 s" in line
     assert "rank 1: checkpoint (step 7)" in line  # what the late rank was doing
     assert "distributed.timeouts.rollout" in line
+
+
+def test_accelerate_launch_starts_the_same_run(tmp_path, tiny_dir):
+    """`accelerate launch --multi_gpu` starts torchrun workers; on a CPU machine rlhflab picks gloo."""
+    import shutil
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate is a dependency of peft and should be installed"
+    cfg = write_cfg(tmp_path, tiny_dir, "sft")
+    launch(cfg, tmp_path / "one", 1)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "rlhflab", "train", str(cfg),
+           f"output_dir={tmp_path / 'acc'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, "acc"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 process(es)" in proc.stderr + proc.stdout
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "acc")) < 1e-5

@@ -213,6 +213,8 @@ class Loop:
             skipped = 1
         else:
             self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels are done: time/step_s is its real duration
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "step": step + 1,
