@@ -144,8 +144,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     v = validate_inputs(cfg, console)
     dist = _join(cfg)  # every input is valid on this rank: join the others (docs/distributed.md)
     try:
-        return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, v.algo,
-                    v.plan, v.train_info, v.examples, v.eval_examples, v.gen_eval, v.out, v.resume_ckpt)
+        return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, v)
     finally:
         from rlhflab.train.distributed import shutdown
 
@@ -161,9 +160,10 @@ def _join(cfg: RunConfig) -> Any:
     return init_distributed(cfg.distributed.backend, vars(cfg.distributed.timeouts), device_type)
 
 
-def _run(cfg: RunConfig, console: Console, stop_at: int | None, dist: Any, t_start: float, algo: Any, plan: Any,
-         train_info: Any, examples: list[Any], eval_examples: list[Any] | None, gen_eval: Any, out: Path,
-         resume_ckpt: Path | None) -> RunResult:
+def _run(cfg: RunConfig, console: Console, stop_at: int | None, dist: Any, t_start: float,
+         v: ValidatedInputs) -> RunResult:
+    algo, plan, train_info, examples, eval_examples = v.algo, v.plan, v.train_info, v.examples, v.eval_examples
+    gen_eval, out, resume_ckpt = v.gen_eval, v.out, v.resume_ckpt
     main = dist.is_main
     algo.dist = dist
     if dist.enabled:  # rank 0 decides what to resume from; every rank reads it (a shared output_dir)
