@@ -75,11 +75,14 @@ def write_cfg(tmp_path: Path, tiny_dir: Path, algorithm: str, **over) -> Path:
         data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"say a word {i}"} for i in range(24)])
         section = {"rewards": [{"type": "python", "function": f"{tmp_path / 'scorer.py'}:distinct"}],
                    "generation": {"num_generations": 4, "max_new_tokens": 8}}
-        if algorithm == "grpo":
+        if algorithm == "grpo":  # and evaluation: loss-free eval_every on every rank, `evaluation:` on rank 0
             section.update(kl_coef=0.05, epochs=2)
+            over = {"eval_every": 2, "evaluation": {"data": str(data), "every": 2, "at_start": True,
+                                                    "best_metric": "reward", "best_mode": "max"},
+                    "data": {"train": str(data), "max_length": 64, "eval_fraction": 0.25}, **over}
         over = {"batch_size": 4, "micro_batch_size": 4 if algorithm == "grpo" else 1, algorithm: section, **over}
+    over = {"data": {"train": str(data), "max_length": 64}, **over}
     base = tiny_config_dict(tiny_dir, tmp_path / "unused", algorithm=algorithm, max_steps=4,
-                            data={"train": str(data), "max_length": 64},
                             optim={"lr": 1e-3, "schedule": "cosine", "warmup_steps": 1}, device="cpu", **over)
     base.pop("output_dir")
     path = tmp_path / f"{algorithm}.yaml"
@@ -112,6 +115,12 @@ def test_two_processes_give_the_parameters_of_one(tmp_path, tiny_dir, algorithm,
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
     if algorithm in ("grpo", "online_dpo"):
         assert [r.get("reward/mean") for r in two] == pytest.approx([r.get("reward/mean") for r in one])
+    if algorithm == "grpo":
+        for key in ("eval/reward", "eval/gen/reward"):
+            assert [r.get(key) for r in two] == pytest.approx([r.get(key) for r in one]) and two[1].get(key) is not None
+        assert json.loads((tmp_path / "two" / "best.json").read_text()) == json.loads((tmp_path / "one" / "best.json").read_text())
+        assert max_diff(load_file(str(tmp_path / "one" / "best" / "model.safetensors")),
+                        load_file(str(tmp_path / "two" / "best" / "model.safetensors"))) < 1e-5
     assert "2 process(es)" in proc.stderr + proc.stdout
     run_info = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run_info["world_size"] == 2 and run_info["strategy"] == strategy

@@ -27,6 +27,25 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _plain_state(model: nn.Module) -> dict | None:
+    """None for an ordinary model; for an FSDP-sharded one while its parameters are gathered, a state
+    dict of copies of the full tensors (its own state_dict() holds the shards)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        return None
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return None
+    # while gathered, the module attributes hold the full tensors; FSDP's state_dict() would put the
+    # shards (DTensors) back in their place, so it is not called
+    out = {k: p.detach().clone() for k, p in model.named_parameters(remove_duplicate=False)}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for name, b in mod.named_buffers(recurse=False):
+            if b is not None and name not in mod._non_persistent_buffers_set:  # noqa: SLF001
+                out[f"{mod_name}.{name}" if mod_name else name] = b.detach().clone()
+    return out
+
+
 def save_pretrained_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Save `model` (and `tokenizer`, when given) as a Hugging Face folder: config.json,
     model.safetensors, generation config, tokenizer files.
@@ -40,12 +59,12 @@ def save_pretrained_hf(model: nn.Module, tokenizer, out_dir: str | os.PathLike) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         if is_peft(model):
-            model.save_pretrained(tmp / "adapter")
+            model.save_pretrained(tmp / "adapter", state_dict=_plain_state(model))
             merged = copy.deepcopy(model).merge_and_unload()
-            merged.save_pretrained(tmp)
+            merged.save_pretrained(tmp, state_dict=_plain_state(merged))
             del merged
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=_plain_state(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _swap_into_place(tmp, out_dir)

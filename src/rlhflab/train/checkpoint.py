@@ -104,9 +104,12 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically and delete all but the newest `keep`. `write=False` (ranks
     other than 0) only takes part in gathering sharded state."""
-    weights = {n: _full(p) for n, p in _trainable(model).items()}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     final = ckpt_root / f"{PREFIX}{step:06d}"
+    trainable = _trainable(model)
+    if not write and not any(hasattr(p, "full_tensor") for p in trainable.values()):
+        return final  # replicated state (one process, DDP): nothing to gather
+    weights = {n: _full(p) for n, p in trainable.items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     if not write:
         return final
     ckpt_root.mkdir(parents=True, exist_ok=True)
