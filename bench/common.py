@@ -325,19 +325,19 @@ def machine_info(ctx: Ctx) -> dict[str, Any]:
     }
     if ctx.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
-    info["vllm"] = vllm_status(ctx.device)
+    info["vllm"] = vllm_status(ctx.device, getattr(ctx.args, "rollout_backend", "hf") == "vllm")
     return info
 
 
-def vllm_status(device: str) -> str:
-    """Why the GRPO and generate suites use the Hugging Face engine: vLLM rollouts come with a
-    later issue, so this says "not available" (and why) rather than failing."""
+def vllm_status(device: str, used: bool = False) -> str:
+    """Whether vLLM rollouts are part of this run: the grpo suite adds a vLLM-engine rlhflab run
+    with --rollout-backend vllm (GPU); otherwise every side generates with Hugging Face."""
     import importlib.util
 
-    if importlib.util.find_spec("rlhflab.rollout.vllm") is None:
-        return "not available (rlhflab has no vLLM rollout engine yet; both sides generate with Hugging Face)"
     if device != "cuda":
-        return "not available (vLLM rollouts need a GPU)"
+        return "not available (vLLM rollouts need a GPU; every side generates with Hugging Face)"
     if importlib.util.find_spec("vllm") is None:
-        return "not available (vllm is not installed)"
-    return "installed, not used by this suite yet (both sides generate with Hugging Face)"
+        return "not available (vllm is not installed: pip install 'rlhflab[vllm]')"
+    if used:
+        return "used by the grpo suite's rlhflab *_vllm run (--rollout-backend vllm)"
+    return "installed, not used (add --rollout-backend vllm for a vLLM-engine grpo run)"

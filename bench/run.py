@@ -14,7 +14,8 @@ configuration runs in its own process, one after the other, so its peak RSS (wai
 Writes one results JSON (machine, command, settings, every row) and one markdown file (the
 summary of ratios and every suite's table): --out PREFIX gives PREFIX.json and PREFIX.md.
 On a GPU (torch.cuda.is_available(), or --device cuda) the same suites run in bf16 autocast and
-MFU is against the measured bf16 matmul peak; vLLM rollouts are reported as not available.
+MFU is against the measured bf16 matmul peak. `--suites grpo --rollout-backend vllm` (GPU) adds an
+rlhflab GRPO run whose rollouts come from the colocated vLLM engine next to the HF-engine run.
 Methodology: bench/README.md; results: docs/benchmarks.md.
 """
 
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--micro-batch", type=int, default=32, help="sequences per forward/backward (both sides)")
     g.add_argument("--lora-r", type=int, default=0, help="GRPO with LoRA of this rank (alpha 2r) on both sides; 0 = full")
     g.add_argument("--generate-reps", type=int, default=5, help="timed calls of each engine (after one warm-up)")
+    g.add_argument("--rollout-backend", choices=("hf", "vllm"), default="hf",
+                   help="grpo: vllm adds an rlhflab run with generation.backend vllm next to the HF-engine run, on the "
+                        "same GPU (needs CUDA and pip install 'rlhflab[vllm]')")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (models, data, logs, run dirs)")
     ap.add_argument("--markdown-only", metavar="RESULTS.json", help="render RESULTS.md from a results JSON, run nothing")
     ap.add_argument("--doc", metavar="FILE.md", help="also put the tables into FILE.md's results block (docs/benchmarks.md)")
@@ -188,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         smollm2 = resolve_model_path("smollm2-135m")
         ctx = Ctx(args, scratch, pick_device(args.device), tokenizer=AutoTokenizer.from_pretrained(str(smollm2)))
+        if args.rollout_backend == "vllm" and ctx.device != "cuda":
+            sys.exit("--rollout-backend vllm needs a CUDA GPU (vLLM runs colocated with the trainer)")
         ctx.models = {"smollm2": Path(smollm2)}
         if "tiny-llama" in args.models:
             ctx.models["tiny-llama"] = build_tiny_llama(scratch / "tiny-llama", smollm2, args.seed)

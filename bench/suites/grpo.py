@@ -11,7 +11,9 @@ kl_coef 0 / log_kl false, TRL beta 0 / num_iterations 1, so no old log-probs eit
 micro-batches of --micro-batch sequences; the GRPO loss with clip 0.2, group-std-scaled
 advantages and per-sequence token means (TRL loss_type "grpo"); lr 1e-6 constant; AdamW as
 common.optim_config. Full fine-tuning, or --lora (r, alpha 2r, all linear layers) on both sides.
-Rollouts: the Hugging Face engine on both sides (vLLM is not available in rlhflab yet).
+Rollouts: the Hugging Face engine on both sides; with --rollout-backend vllm (GPU) one more rlhflab run,
+variant `<precision>_vllm`, generates with the colocated vLLM engine (generation.backend vllm,
+docs/vllm.md), so its completions/s compares with the HF-engine row on the same GPU.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def prepare(ctx: Ctx) -> dict:
     }
 
 
-def _rlhflab_config(ctx: Ctx, model: str, prep: dict) -> dict:
+def _rlhflab_config(ctx: Ctx, model: str, prep: dict, backend: str = "hf") -> dict:
     a, n = ctx.args, prep["settings"]["completions_per_step"]
     cfg = {
         "algorithm": "grpo", "model": str(ctx.models[model]), "seed": a.seed, "max_steps": a.steps,
@@ -63,7 +65,7 @@ def _rlhflab_config(ctx: Ctx, model: str, prep: dict) -> dict:
             "rewards": [{"type": "python", "function": f"{BENCH / 'addition_reward.py'}:addition_reward",
                          "name": "addition"}],
             "generation": {"num_generations": a.num_generations, "max_new_tokens": a.max_new_tokens,
-                           "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": n},
+                           "temperature": 1.0, "top_p": 1.0, "top_k": 0, "batch_size": n, "backend": backend},
             "kl_coef": 0.0, "log_kl": False, "aggregation": "sequence-mean-token-mean", "scale_rewards": True,
             "clip_low": 0.2, "epochs": 1, "minibatches": 1, "dynamic_sampling": False,
         },
@@ -81,7 +83,10 @@ def run(ctx: Ctx, model: str, prep: dict) -> list[dict]:
             "num_generations": a.num_generations, "max_new_tokens": a.max_new_tokens, "temperature": 1.0,
             "lora": bool(a.lora_r), "lora_r": a.lora_r, "lora_alpha": 2 * a.lora_r,
             "reward_module": str(BENCH / "addition_reward.py")}
-    return run_both(ctx, NAME, model, {variant: _rlhflab_config(ctx, model, prep)}, "trl_grpo_worker.py", spec,
+    configs = {variant: _rlhflab_config(ctx, model, prep)}
+    if getattr(a, "rollout_backend", "hf") == "vllm":
+        configs[f"{variant}_vllm"] = _rlhflab_config(ctx, model, prep, backend="vllm")
+    return run_both(ctx, NAME, model, configs, "trl_grpo_worker.py", spec,
                     {variant: ctx.trl_precision()}, finish=lambda row: rollout_figures(row, a.warmup, n))
 
 

@@ -41,6 +41,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from rlhflab.preflight import run_preflight
+
+    _quiet_libraries()
+    return run_preflight(args.config, args.overrides)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from rlhflab.quickstart import quickstart
 
@@ -165,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=1e-5 max_steps=20")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("preflight", help="check a run before it starts (config, data, process group, bandwidth, devices, "
+                                         "memory plan, disk): rlhflab preflight CONFIG.yaml [key=value ...], alone or "
+                                         "under torchrun like the run (docs/distributed.md)")
+    p.add_argument("config", help="the run's YAML config file")
+    p.add_argument("overrides", nargs="*", help="the run's dotted overrides such as micro_batch_size=4")
+    p.set_defaults(func=cmd_preflight)
+
     p = sub.add_parser("quickstart", help="GRPO + LoRA on the embedded SmolLM2-135M-Instruct: two-digit addition, "
                                           "held-out accuracy before and after (CPU, under 10 minutes)")
     p.add_argument("--output-dir", default="runs/quickstart")
@@ -265,18 +279,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the newest checkpoint is intact", file=sys.stderr)
+        print(f"{_rank_prefix()}interrupted; the newest checkpoint is intact", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001
+        from rlhflab.train.distributed import CollectiveTimeout
         from rlhflab.train.loop import NonFiniteError
 
-        if isinstance(e, NonFiniteError):
-            print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, (NonFiniteError, CollectiveTimeout)):  # the message says it all (rank and phase included)
+            print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
             return 1
         raise
+
+
+def _rank_prefix() -> str:
+    """'rank R: ' in a multi-process run (torchrun / accelerate), so each worker's message is attributed."""
+    import os
+
+    return f"rank {os.environ['RANK']}: " if os.environ.get("RANK") and os.environ.get("WORLD_SIZE", "1") != "1" else ""
 
 
 if __name__ == "__main__":

@@ -520,6 +520,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("keep_checkpoints must be at least 1")
     check_trackers(cfg.wandb, cfg.mlflow)
     check_distributed(cfg.distributed)
+    generation = getattr(cfg.algo, "generation", None)
+    if getattr(generation, "backend", "hf") == "vllm" and cfg.distributed.strategy == "fsdp":
+        raise ConfigError("generation.backend vllm with distributed.strategy fsdp is not supported yet (the weight sync "
+                          "from FSDP shards into the engine is untested); use strategy: ddp, or backend: hf")
     if cfg.lora is not None and (cfg.lora.r < 1 or cfg.lora.alpha <= 0):
         raise ConfigError("lora.r must be >= 1 and lora.alpha > 0")
     if cfg.dpo is not None:

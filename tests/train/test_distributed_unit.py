@@ -83,3 +83,10 @@ def test_uneven_steps_pad_with_zero_weight_micro_batches():
         loop.dist = DistContext(rank=rank, world_size=2)
         got, w = loop._share(["a", "b", "c", "d", "e"])
         assert got == expected and w == weights
+
+
+def test_vllm_with_fsdp_is_refused_at_config_time():
+    from rlhflab.config import load_config
+
+    with pytest.raises(ConfigError, match="backend vllm with distributed.strategy fsdp is not supported"):
+        load_config("examples/grpo_vllm.yaml", ["distributed.strategy=fsdp"])

@@ -80,6 +80,13 @@ def build_batch(prompts: list[list[int]], completions: list[Completion], pad_id:
     return RolloutBatch(ids, attn, mask)
 
 
+def add_round_times(into: dict[str, float], new: dict[str, float]) -> None:
+    """Fold one more generate_and_score's figures into a round's: times add up, the engine probe's
+    differences (engine/...) keep their maximum."""
+    for k, v in new.items():
+        into[k] = max(into.get(k, 0.0), v) if k.startswith("engine/") else into.get(k, 0.0) + v
+
+
 def per_token_to_sequences(x: Tensor, mask: Tensor) -> Tensor:
     """Sums over each row's masked tokens: (B, T) -> (B,)."""
     return torch.where(mask, x, torch.zeros_like(x)).sum(1)
@@ -161,6 +168,10 @@ class OnlineAlgorithm(Algorithm):
         from rlhflab.train.distributed import launched_world_size
 
         world = launched_world_size()
+        if world > 1 and per_step < self.cfg.micro_batch_size * world:
+            raise ConfigError(f"impossible batch plan: an optimizer step has {per_step} sequences, fewer than micro_batch_size "
+                              f"{self.cfg.micro_batch_size} x world size {world}, so some processes would have nothing to "
+                              f"train on; use micro_batch_size <= {max(1, per_step // world)} or a larger batch_size")
         if per_step % (self.cfg.micro_batch_size * world) == 0:
             return BatchPlan.build(per_step, self.cfg.micro_batch_size, world)
         # uneven: the last micro-batch is smaller and, over several processes, a rank short of a
@@ -193,7 +204,7 @@ class OnlineAlgorithm(Algorithm):
 
     def before_training(self, model: nn.Module, items: list[Any], eval_items: list[Any] | None, ctx: TrainContext) -> None:
         from rlhflab.rewards import build_scorer
-        from rlhflab.rollout import HFGenerator
+        from rlhflab.rollout import make_generator
 
         self.items, self.device, self.console = items, ctx.device, ctx.console
         dev = str(ctx.device)
@@ -202,21 +213,24 @@ class OnlineAlgorithm(Algorithm):
             self.cost_scorer = build_scorer(self.s.costs, dev, self.cfg.trust_remote_code)
         if self.s.gold:
             self.gold_scorer = build_scorer(self.s.gold, dev, self.cfg.trust_remote_code)
-        self.generator = HFGenerator(self.policy(model), self.tokenizer, self.stop_ids, self.gen_cfg.batch_size, self.pad_id)
+        self.generator = make_generator(self.gen_cfg, self.policy(model), self.tokenizer, self.stop_ids, self.pad_id,
+                                        ctx.device, seed=self.cfg.seed, trust_remote_code=self.cfg.trust_remote_code)
         self.setup_models(model, ctx)
         self.check_engine(model)
 
     def setup_models(self, model: nn.Module, ctx: TrainContext) -> None:
         """Reference / critic models (subclasses)."""
 
-    def check_engine(self, model: nn.Module) -> None:
+    def check_engine(self, model: nn.Module) -> float:
         """The engine's log-probs on a fixed prompt must match the trainer's (after every weight
-        sync; the HF engine is the trainer's model, so once, which checks padding and the cache)."""
+        sync; the HF engine is the trainer's model, so once, which checks padding and the cache).
+        Returns the largest difference; an engine may set its own limit (`probe_tol`)."""
         from rlhflab.rollout.probe import check_logprobs
 
         dev = check_logprobs(self.policy(model), self.generator, self.items[0].input_ids, self.gen_cfg, self.pad_id,
-                             seed=self.cfg.seed)
-        self.extra["engine_logprob_max_abs_diff"] = dev
+                             seed=self.cfg.seed, tol=getattr(self.generator, "probe_tol", None))
+        self.extra["engine_logprob_max_abs_diff"] = max(dev, self.extra.get("engine_logprob_max_abs_diff", 0.0))
+        return dev
 
     # ------------------------------------------------------------------ rollouts
     @property
@@ -250,6 +264,10 @@ class OnlineAlgorithm(Algorithm):
         t = time.perf_counter()
         self.generator.sync_weights()
         times["time/sync_s"] = time.perf_counter() - t
+        if getattr(self.generator, "holds_copy", False):  # a weight copy (vllm): probe it after every sync
+            t = time.perf_counter()
+            times["engine/probe_max_abs_diff"] = self.check_engine(model)
+            times["time/probe_s"] = time.perf_counter() - t
         t = time.perf_counter()
         completions = self.generator.generate([p.input_ids for p in mine], params or self.sampling, seed, offset=lo) \
             if mine else []
@@ -303,8 +321,7 @@ class OnlineAlgorithm(Algorithm):
         prompts = self.prompts_of_round(round_)
         completions, scores, times = self.generate_and_score(policy, prompts, self.round_seed(round_))
         completions, scores, prompts, refill_times = self.refill(policy, prompts, completions, scores, round_)
-        for k, v in refill_times.items():
-            times[k] = times.get(k, 0.0) + v
+        add_round_times(times, refill_times)
         self.pending = dict(times)
         if not completions:  # e.g. dynamic sampling found no group with a reward spread
             self.pending["skipped_round"] = 1.0

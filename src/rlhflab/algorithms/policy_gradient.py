@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from rlhflab.advantages import AdvantageInput, compute_advantages
 from rlhflab.algorithms.base import StepOutput, TrainContext
-from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, per_token_to_sequences
+from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, add_round_times, per_token_to_sequences
 from rlhflab.config import RunConfig
 from rlhflab.config_rl import resolve_rl
-from rlhflab.losses.policy import aggregate, policy_loss
+from rlhflab.losses.policy import aggregate, engine_mismatch, policy_loss, truncated_is_weights
 from rlhflab.losses.value import value_loss
 from rlhflab.models.load import eval_mode
 from rlhflab.models.logps import completion_token_logps, reference_context, shared_prefix_token_logps
@@ -67,7 +67,14 @@ class PolicyGradient(OnlineAlgorithm):
         "clip_fraction": "fraction of tokens whose clipped branch was taken (zero gradient)",
         "ratio_mean": "mean importance ratio pi / pi_old over tokens (1 at the first update)",
         "approx_kl": "mean k3 between the old and current policy over tokens",
-        "pg_loss": "the policy loss alone (token-weighted mean)",
+        "pg_loss": "the policy loss alone (token-weighted mean; times the engine IS weight when engine_is_cap is set)",
+        "engine/logprob_abs_diff_mean": "mean over completion tokens of |old_logp - engine_logp|, the trainer's vs the "
+                                        "rollout engine's log-prob of the sampled token (engine/logprob_abs_diff_max: "
+                                        "the largest; also logged as engine_trainer_max_abs_diff)",
+        "engine/is_weight_mean": "engine_is_cap: mean over tokens of the TIS weight w = min(exp(old_logp - engine_logp), "
+                                 "cap) (engine/is_truncated_fraction: fraction of tokens with the ratio above the cap)",
+        "engine/probe_max_abs_diff": "vllm: the probe after each weight sync, max |trainer - engine| log-prob on a "
+                                     "fixed prompt (time/probe_s its seconds)",
         "value_loss/<critic>": "clipped value loss of each critic (token-weighted mean)",
         "response_length/mean": "mean completion length in tokens",
         "truncated_fraction": "fraction of completions that hit max_new_tokens",
@@ -157,8 +164,7 @@ class PolicyGradient(OnlineAlgorithm):
             if attempt > 0:
                 prompts = self.prompts_of_round(round_, refill=attempt)
                 completions, scores, t = self.generate_and_score(model, prompts, self.round_seed(round_, attempt))
-                for k, v in t.items():
-                    times[k] = times.get(k, 0.0) + v
+                add_round_times(times, t)
             r = scores["reward"].values.view(-1, G)
             total_groups += r.shape[0]
             for g in range(r.shape[0]):
@@ -193,7 +199,10 @@ class PolicyGradient(OnlineAlgorithm):
         mask = batch.loss_mask
         engine = torch.zeros(mask.shape, dtype=torch.float32).masked_scatter(
             mask, torch.tensor([x for c in completions for x in c.logprobs], dtype=torch.float32))
-        need_old = self.updates_per_rollout > 1 or (self.current_step == 0 and not self.ratio_checked)
+        # the trainer's own log-probs of the sampling weights: for several updates per rollout, the
+        # first-update ratio check, the engine IS correction, and always for an engine holding a copy
+        need_old = self.updates_per_rollout > 1 or (self.current_step == 0 and not self.ratio_checked) or \
+            self.s.engine_is_cap is not None or getattr(self.generator, "holds_copy", False)
         dev = next(policy.parameters()).device
         m = self.cfg.micro_batch_size
         passes = need_old or self.needs_reference or self.uses_critic
@@ -208,6 +217,7 @@ class PolicyGradient(OnlineAlgorithm):
                 old = per_token(lambda c: self.token_logps(policy, c)[0])
             batch.tensors["old_logp"] = old
             self.pending["engine_trainer_max_abs_diff"] = float((old - engine)[mask].abs().max())
+            self._engine_correction(batch, old, engine, mask)
         behaviour = batch.tensors.get("old_logp", engine)
         kl_tok = None  # the per-token KL penalized in the reward (kl_in: reward)
         if self.needs_reference:
@@ -234,6 +244,15 @@ class PolicyGradient(OnlineAlgorithm):
         for name, v in values.items():
             batch.tensors[f"values/{name}"] = v
         return batch
+
+    def _engine_correction(self, batch: RolloutBatch, old: Tensor, engine: Tensor, mask: Tensor) -> None:
+        """Log the engine/trainer mismatch; with engine_is_cap, store the TIS weights the loss uses."""
+        if self.s.engine_is_cap is None:
+            metrics = engine_mismatch(old, engine, mask)
+        else:
+            batch.tensors["is_weight"], metrics = truncated_is_weights(old, engine, mask, self.s.engine_is_cap)
+        for k, v in metrics.items():
+            self.pending[f"engine/{k}"] = float(v)
 
     def _advantages(self, batch: RolloutBatch, reward: Tensor, kl_tok: Tensor | None, values: dict[str, Tensor],
                     scores: dict[str, Scores], completions: list[Completion]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -282,8 +301,7 @@ class PolicyGradient(OnlineAlgorithm):
         prompts = self.round_prompts
         greedy, scores, times = self.generate_and_score(self.generator.model, prompts, 0,
                                                         replace(self.sampling, n=1, temperature=0.0))
-        for k, v in times.items():
-            self.pending[k] = self.pending.get(k, 0.0) + v
+        add_round_times(self.pending, times)
         base = scores["reward"].values.float()
         self.pending["remax/greedy_reward"] = float(base.mean())
         return base[torch.tensor([c.prompt_index for c in completions])]
@@ -330,6 +348,8 @@ class PolicyGradient(OnlineAlgorithm):
         n_tok = mask.sum()
         for k in ("clip_fraction", "ratio_mean", "approx_kl"):
             metrics[k] = (m[k] * n_tok, n_tok)
+        if "is_weight" in batch.tensors:  # TIS: the clipped surrogate times the engine weight (data, no gradient)
+            per_tok = per_tok * batch.tensors["is_weight"]
         metrics["pg_loss"] = _mean_pair(per_tok.detach(), mask)
         if "ref_logp" in batch.tensors:
             kl = kl_estimate(logp, batch.tensors["ref_logp"], s.kl_estimator)

@@ -7,6 +7,8 @@ Two concerns, kept apart (docs/policy_losses.md):
   named `AGGREGATIONS`; the training loop divides the step's total loss_sum by its total units.
 The KL penalty (`ops.kl_estimate`) and the entropy bonus (`ops.entropy_from_logits`) are
 per-token terms the caller adds to the per-token loss before `aggregate`.
+- `truncated_is_weights` / `engine_mismatch`: the rollout engine vs trainer correction (TIS) that
+  multiplies the surrogate per token, and its diagnostics (docs/vllm.md).
 
 Notation: logp, old_logp (N, T) log-probs of the sampled tokens under the current and the
 sampling policy; A = advantages; r = exp(logp - old_logp); eps_l = clip_low, eps_h = clip_high;
@@ -113,6 +115,62 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
+def engine_mismatch(old_logp: Tensor, engine_logp: Tensor, mask: Tensor) -> Metrics:
+    """How far the rollout engine's log-probs are from the trainer's on the same tokens, (N, T)
+    inputs, detached scalars over the mask tokens (0 when the mask is empty):
+
+    - logprob_abs_diff_mean: mean_t |old_logp_t - engine_logp_t|
+    - logprob_abs_diff_max: max_t |old_logp_t - engine_logp_t|
+    """
+    m = mask.bool()
+    zero = torch.zeros((), dtype=old_logp.dtype, device=old_logp.device)
+    diff = torch.where(m, (old_logp.detach() - engine_logp.detach().to(old_logp.dtype)).abs(), zero)
+    return {"logprob_abs_diff_mean": masked_mean(diff, m), "logprob_abs_diff_max": _masked_extreme(diff, m, largest=True)}
+
+
+def truncated_is_weights(old_logp: Tensor, engine_logp: Tensor, mask: Tensor, cap: float) -> tuple[Tensor, Metrics]:
+    """Truncated importance-sampling (TIS) weights for the engine/trainer mismatch, (N, T):
+
+        w_t = min(exp(old_logp_t - engine_logp_t), C),   C = cap
+
+    The completions were sampled by the rollout engine (vLLM, ...), whose distribution pi_engine
+    differs numerically from the trainer's pi_old even with the same weights (kernels, precision).
+    PPO's ratio pi_theta / pi_old is taken against the trainer's old_logp; the extra factor
+    pi_old / pi_engine corrects the sampling distribution, and truncating it at C bounds its
+    variance (at the price of some bias). The caller multiplies the per-token policy loss by the
+    weight, which is data (no gradient flows through it):
+
+        loss_t <- sg[w_t] * loss_t
+
+    where loss_t is the clipped surrogate of `policy_loss` (after dual clip), before aggregation;
+    the KL and entropy terms are not weighted. This is where verl (`tis_imp_ratio_cap`,
+    compute_policy_loss: pg_losses * tis_imp_ratio) and OpenRLHF (`enable_vllm_is_correction`,
+    `vllm_is_truncated_threshold`) apply it. Source: Yao, Liu, Zhang, Chen, Gao, Jiao, Shang, Xu,
+    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", blog post, Aug 2025,
+    https://fengyao.notion.site/off-policy-rl (token-level TIS).
+
+    Limits: cap = inf is plain token-level importance sampling; identical log-probs give w = 1
+    (the loss is unchanged). Log-ratios are clamped to [-MAX_LOG_RATIO, MAX_LOG_RATIO] before exp.
+    Outside `mask` the weight is 0 and entries there (even inf / nan) are ignored.
+
+    Returns:
+        weights (N, T), detached; metrics (detached scalars, over the mask tokens):
+        is_weight_mean (mean w_t), is_truncated_fraction (fraction of tokens whose ratio is above
+        the cap), and the two `engine_mismatch` metrics.
+    """
+    if not cap > 0:
+        raise ValueError(f"truncated_is_weights: cap must be > 0 (typical 2.0), got {cap}")
+    m = mask.bool()
+    zero = torch.zeros((), dtype=old_logp.dtype, device=old_logp.device)
+    log_ratio = torch.where(m, old_logp.detach() - engine_logp.detach().to(old_logp.dtype), zero)
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    weights = torch.where(m, ratio.clamp(max=cap), zero)
+    metrics = engine_mismatch(old_logp, engine_logp, mask)
+    metrics.update(is_weight_mean=masked_mean(weights, m),
+                   is_truncated_fraction=masked_mean((ratio > cap).to(old_logp.dtype), m))
+    return weights, metrics
+
+
 def aggregate(per_token: Tensor, mask: Tensor, mode: str, norm_length: int | None = None) -> tuple[Tensor, Tensor]:
     """(loss_sum, units) of one micro-batch, so that sum over micro-batches of loss_sum divided by
     the sum of units is exactly the mode's value on the whole batch. With L_{i,t} = per_token,
@@ -149,4 +207,4 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, norm_length: int | Non
     raise ValueError(f"aggregate: unknown mode {mode!r}; choose from {list(AGGREGATIONS)}")
 
 
-__all__ = ["AGGREGATIONS", "RATIO_LEVELS", "policy_loss", "aggregate"]
+__all__ = ["AGGREGATIONS", "RATIO_LEVELS", "policy_loss", "aggregate", "engine_mismatch", "truncated_is_weights"]
