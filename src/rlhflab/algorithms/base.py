@@ -96,6 +96,9 @@ class Algorithm(ABC):
         sampler and collates them. Online algorithms generate their batches here."""
         return None
 
+    def after_update(self) -> None:
+        """Called whenever the trainable weights changed (an optimizer step, a restored checkpoint)."""
+
     def step_metrics(self, step: int) -> dict[str, Any]:
         """Extra metrics of the step just taken (e.g. rollout diagnostics, time breakdown)."""
         return {}

@@ -130,6 +130,8 @@ class OnlineAlgorithm(Algorithm):
         self.buffer_round = -1
         self.pending: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
+        self.weights_changed = True
+        """The policy changed since the engine last synced (set by `after_update`)."""
 
     # ------------------------------------------------------------------ what subclasses set
     @property
@@ -261,13 +263,15 @@ class OnlineAlgorithm(Algorithm):
         times = {}
         lo, hi = self.dist.block(len(prompts))
         mine = prompts[lo:hi]
-        t = time.perf_counter()
-        self.generator.sync_weights()
-        times["time/sync_s"] = time.perf_counter() - t
-        if getattr(self.generator, "holds_copy", False):  # a weight copy (vllm): probe it after every sync
+        if self.weights_changed:  # once per update: evaluation and refills reuse the synced engine
             t = time.perf_counter()
-            times["engine/probe_max_abs_diff"] = self.check_engine(model)
-            times["time/probe_s"] = time.perf_counter() - t
+            self.generator.sync_weights()
+            times["time/sync_s"] = time.perf_counter() - t
+            if getattr(self.generator, "holds_copy", False):  # a weight copy (vllm): probe it after every sync
+                t = time.perf_counter()
+                times["engine/probe_max_abs_diff"] = self.check_engine(model)
+                times["time/probe_s"] = time.perf_counter() - t
+            self.weights_changed = False
         t = time.perf_counter()
         completions = self.generator.generate([p.input_ids for p in mine], params or self.sampling, seed, offset=lo) \
             if mine else []
@@ -379,6 +383,9 @@ class OnlineAlgorithm(Algorithm):
             write_rollout_samples(Path(self.cfg.output_dir), round_ * k + 1, prompts, completions, scores)
 
     # ------------------------------------------------------------------ the loop's hooks
+    def after_update(self) -> None:
+        self.weights_changed = True
+
     def batches_for_step(self, model: nn.Module, step: int) -> list[Any] | None:
         k = self.updates_per_rollout
         round_ = step // k

@@ -40,9 +40,12 @@ class Completion:
 
 
 class Generator(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[Completion]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int, offset: int = 0) -> list[Completion]:
         """len(prompts) * params.n completions, prompt-major (all samples of prompt 0 first).
-        The same seed, prompts, params and weights give the same completions."""
+        The same seed, prompts, params and weights give the same completions. Sample j of prompt i
+        is drawn with randomness keyed by (seed, offset + i, j) alone, so a list of prompts split
+        over several calls (or ranks), each given its slice's start as `offset`, samples what one
+        call would have."""
         ...
 
     def sync_weights(self) -> None:

@@ -213,6 +213,7 @@ class Loop:
             skipped = 1
         else:
             self.optimizer.step()
+            self.algo.after_update()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the step's kernels are done: time/step_s is its real duration
         elapsed = time.perf_counter() - t0
@@ -252,6 +253,7 @@ class Loop:
             state = load_checkpoint(ckpt, self.model, self.optimizer)
         self.state.step = int(state["step"])
         self.algo.load_state_dict(state.get("algorithm_state", {}))
+        self.algo.after_update()
 
     def save(self, step: int) -> None:
         """Checkpoint `step`: rank 0 writes; under FSDP every rank takes part in gathering the state."""
