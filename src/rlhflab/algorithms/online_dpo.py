@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rlhflab.algorithms.base import StepOutput, TrainContext
 from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, per_token_to_sequences
