@@ -90,3 +90,15 @@ def test_vllm_with_fsdp_is_refused_at_config_time():
 
     with pytest.raises(ConfigError, match="backend vllm with distributed.strategy fsdp is not supported"):
         load_config("examples/grpo_vllm.yaml", ["distributed.strategy=fsdp"])
+
+
+def test_self_rewarding_refuses_a_multi_process_launch(monkeypatch, tmp_path):
+    from rlhflab.config import config_from_dict
+    from rlhflab.errors import UserError
+    from rlhflab.train.run import run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = config_from_dict({"algorithm": "self_rewarding", "data": {"train": str(tmp_path / "p.jsonl")},
+                            "output_dir": str(tmp_path / "run")})
+    with pytest.raises(UserError, match="self_rewarding runs in one process"):
+        run(cfg)

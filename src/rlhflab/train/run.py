@@ -138,6 +138,11 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
     console = console or Console(stderr=True)
     if cfg.algorithm == "self_rewarding":  # a driver of several DPO runs (docs/self_rewarding.md)
         from rlhflab.feedback.self_rewarding import run_self_rewarding
+        from rlhflab.train.distributed import launched_world_size
+
+        if launched_world_size() > 1:
+            raise UserError("algorithm self_rewarding runs in one process (its sampling and judging are not sharded "
+                            "yet); start it without torchrun / accelerate")
 
         return run_self_rewarding(cfg, console)
     t_start = time.perf_counter()
