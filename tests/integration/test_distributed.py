@@ -98,12 +98,15 @@ CASES = [
     ("online_dpo", "ddp"),  # a varying number of pairs: ranks short of a micro-batch repeat one at weight 0
     ("sft", "fsdp"),
     ("grpo", "fsdp"),  # generation and reference passes with the full parameters gathered
+    ("grpo-lora", "ddp"),  # the reference is the adapter-disabled base: one copy of the base weights per rank
 ]
 
 
 @pytest.mark.parametrize("algorithm,strategy", CASES, ids=[f"{a}-{s}" for a, s in CASES])
 def test_two_processes_give_the_parameters_of_one(tmp_path, tiny_dir, algorithm, strategy):
-    cfg = write_cfg(tmp_path, tiny_dir, algorithm)
+    lora = algorithm.endswith("-lora")
+    algorithm = algorithm.removesuffix("-lora")
+    cfg = write_cfg(tmp_path, tiny_dir, algorithm, **({"lora": {"r": 4, "alpha": 8}} if lora else {}))
     launch(cfg, tmp_path / "one", 1)
     proc = launch(cfg, tmp_path / "two", 2, f"distributed.strategy={strategy}")
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
