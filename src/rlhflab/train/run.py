@@ -48,7 +48,10 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for, but no CUDA GPU is available; use device=cpu")
-    if device.type == "cuda" and local_rank is not None and device.index is None:
+    if device.type == "cuda" and local_rank is not None:
+        if device.index is not None and device.index != local_rank:
+            raise UserError(f"device '{name}' names one GPU, but in a multi-process run each rank uses the GPU of its "
+                            f"LOCAL_RANK ({local_rank} here): use device=cuda or device=auto")
         device = torch.device("cuda", local_rank)
     return device
 
