@@ -37,8 +37,9 @@ class PhaseTimeouts:
 class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """ddp: every rank holds the whole model (DistributedDataParallel); fsdp: parameters, gradients
-    and optimizer state are sharded over the ranks (FSDP2 `fully_shard` per decoder layer) for
-    models that do not fit one device."""
+    and optimizer state are sharded over the ranks (FSDP2 `fully_shard` per decoder layer), for
+    models whose training state does not fit one device (the weights are still loaded whole on
+    each rank first: docs/distributed.md, Limits)."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """auto: nccl on CUDA, gloo on CPU."""
     find_unused_parameters: bool = False
