@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from rlhflab.algorithms.base import StepOutput, TrainContext
-from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, per_token_to_sequences
+from rlhflab.algorithms.online import OnlineAlgorithm
+from rlhflab.algorithms.rollout_batch import RolloutBatch, per_token_to_sequences
 from rlhflab.losses.preference import PAIRWISE, PairLogps, hparams_of
 from rlhflab.models.logps import completion_token_logps, reference_context
 from rlhflab.rewards.base import Scores

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from rlhflab.advantages import AdvantageInput, compute_advantages
 from rlhflab.algorithms.base import StepOutput, TrainContext
-from rlhflab.algorithms.online import OnlineAlgorithm, RolloutBatch, add_round_times, per_token_to_sequences
+from rlhflab.algorithms.online import OnlineAlgorithm
+from rlhflab.algorithms.rollout_batch import RolloutBatch, add_round_times, per_token_to_sequences
 from rlhflab.config import RunConfig
 from rlhflab.config_rl import resolve_rl
 from rlhflab.losses.policy import aggregate, engine_mismatch, policy_loss, truncated_is_weights

@@ -204,7 +204,7 @@ def kl_to_reference(policy: nn.Module, reference: nn.Module | str, prompts: list
     with pi and ref the models' own distributions (softmax of the logits, temperature 1) at the
     prefixes of the completion y of prompt x (every generated token, the end-of-turn one included).
     `reference` is a causal LM of the same vocabulary, or ADAPTER_DISABLED for a LoRA policy."""
-    from rlhflab.algorithms.online import build_batch
+    from rlhflab.algorithms.rollout_batch import build_batch
     from rlhflab.models.load import eval_mode
     from rlhflab.models.logps import completion_logits, reference_context
     from rlhflab.ops import logps_of_targets, policy_ref_kl
