@@ -71,3 +71,25 @@ def test_errors():
         WeightedSum([("x", Fixed([1.0]), 1.0, "zscore")])
     with pytest.raises(ValueError, match="returned \\(2,\\) scores for 3 samples"):
         WeightedSum([("x", Fixed([1.0, 2.0]), 1.0, "none")]).score(samples([0, 0, 0]))
+
+
+def test_recombine_of_gathered_halves_equals_scoring_the_whole_round():
+    """Two ranks score halves of a round; the gathered raw parts recombine to the whole round's
+    values (batch normalization over all samples, group normalization within groups)."""
+    raw_a, raw_b = [1.0, 2.0, 3.0, 6.0, 0.0, 4.0], [10.0, 20.0, 30.0, 40.0, 50.0, 70.0]
+    groups = [0, 0, 1, 1, 2, 2]
+
+    def ws(a, b):
+        return WeightedSum([("a", Fixed(a), 2.0, "batch"), ("b", Fixed(b), -1.0, "group")])
+
+    whole = ws(raw_a, raw_b).score(samples(groups))
+    first, second = ws(raw_a[:4], raw_b[:4]).score(samples(groups[:4])), ws(raw_a[4:], raw_b[4:]).score(samples(groups[4:]))
+    assert not torch.allclose(torch.cat([first.values, second.values]), whole.values)  # halves alone differ
+    gathered = Scores(torch.cat([first.values, second.values]), {k: torch.cat([first.parts[k], second.parts[k]]) for k in first.parts})
+    again = ws(raw_a, raw_b).recombine(gathered, torch.tensor(groups))
+    assert torch.equal(again.values, whole.values)
+    assert again.parts["a"].tolist() == raw_a
+    # without a batch-normalized member the gathered values already are the round's
+    plain = WeightedSum([("b", Fixed(raw_b), 1.0, "group")])
+    kept = Scores(torch.ones(6), {"b": torch.tensor(raw_b)})
+    assert plain.recombine(kept, torch.tensor(groups)) is kept

@@ -199,12 +199,12 @@ class OnlineAlgorithm(Algorithm):
         times["time/score_s"] = time.perf_counter() - t
         if self.dist.enabled:
             t = time.perf_counter()
-            completions, scores = self._gather_round(lo, completions, scores, scorers, prompts)
+            completions, scores = self._gather_round(lo, completions, scores, scorers)
             times["time/gather_s"] = time.perf_counter() - t
         return completions, scores, times
 
-    def _gather_round(self, lo: int, completions: list[Completion], scores: dict[str, Scores], scorers: dict[str, Any],
-                      prompts: list[Any]) -> tuple[list[Completion], dict[str, Scores]]:
+    def _gather_round(self, lo: int, completions: list[Completion], scores: dict[str, Scores],
+                      scorers: dict[str, Any]) -> tuple[list[Completion], dict[str, Scores]]:
         """Every rank's completions (prompt indices made global) and scores, in prompt order; a
         scorer that normalizes over the batch recombines its raw parts over the whole round."""
         for c in completions:
@@ -219,8 +219,8 @@ class OnlineAlgorithm(Algorithm):
             merged[k] = Scores(torch.cat([g.values for g in got]) if got else torch.zeros(0),
                                {p: torch.cat([g.parts[p] for g in got]) for p in keys})
             recombine = getattr(scorers[k], "recombine", None)
-            if recombine is not None and completions:
-                merged[k] = recombine(merged[k], self.samples(prompts, completions))
+            if recombine is not None and completions:  # a sample's group is its prompt's (now global) index
+                merged[k] = recombine(merged[k], torch.tensor([c.prompt_index for c in completions]))
         return completions, merged
 
     def sharded_map(self, fn: Any, chunks: list[Any]) -> list[Tensor]:

@@ -62,29 +62,30 @@ class WeightedSum(Scorer):
         self.members = list(members)
 
     def score(self, samples: list[Sample]) -> Scores:
-        groups = torch.tensor([s.group for s in samples], dtype=torch.long)
-        values = torch.zeros(len(samples), dtype=torch.float32)
         parts: dict[str, Tensor] = {}
-        for name, scorer, weight, mode in self.members:
+        for name, scorer, _, _ in self.members:
             got = scorer.score(samples)
             if got.values.shape != (len(samples),):
                 raise ValueError(f"scorer '{name}' returned {tuple(got.values.shape)} scores for {len(samples)} samples")
             parts[name] = got.values
             parts.update({f"{name}/{k}": v for k, v in got.parts.items()})
-            values = values + weight * normalize(got.values, mode, groups)
-        return Scores(values, parts)
+        return Scores(self._weighted(parts, torch.tensor([s.group for s in samples], dtype=torch.long)), parts)
 
-    def recombine(self, scores: Scores, samples: list[Sample]) -> Scores:
-        """`scores` gathered from several ranks' slices: the values again from the raw member
-        scores in `parts`, so a batch-normalized member is normalized over the whole round (group
-        normalization never spans ranks: a prompt's samples are scored on one rank)."""
+    def _weighted(self, parts: dict[str, Tensor], groups: Tensor) -> Tensor:
+        """sum_i weight_i * normalize_i(raw scores of member i), over the samples' `groups` (N,)."""
+        values = torch.zeros(len(groups), dtype=torch.float32)
+        for name, _, weight, mode in self.members:
+            values = values + weight * normalize(parts[name], mode, groups)
+        return values
+
+    def recombine(self, scores: Scores, groups: Tensor) -> Scores:
+        """`scores` gathered from several ranks' slices, `groups` (N,) each sample's group: the values
+        again from the raw member scores in `parts`, so a batch-normalized member is normalized over
+        the whole round (group normalization never spans ranks: a prompt's samples are scored on one
+        rank)."""
         if not any(mode == "batch" for _, _, _, mode in self.members):
             return scores
-        groups = torch.tensor([s.group for s in samples], dtype=torch.long)
-        values = torch.zeros(len(samples), dtype=torch.float32)
-        for name, _, weight, mode in self.members:
-            values = values + weight * normalize(scores.parts[name], mode, groups)
-        return Scores(values, scores.parts)
+        return Scores(self._weighted(scores.parts, groups), scores.parts)
 
     def close(self) -> None:
         for _, scorer, _, _ in self.members:
