@@ -171,11 +171,10 @@ class Loop:
         loss_total, metric_sums, metric_counts, tokens = 0.0, {}, {}, 0
         problem = None
         world = self.dist.world_size  # DDP/FSDP average over ranks; the units are global
-        loss_of = lambda model, batch: self.algo.loss(model, batch)  # noqa: E731
         for i, (batch, w) in enumerate(zip(batches, weights)):
             last = i == len(batches) - 1
             with autocast(self.cfg, self.device), (contextlib.nullcontext() if last else self.engine.no_sync()):
-                out = self.engine(loss_of, batch)
+                out = self.engine(self.algo.loss, batch)  # algo.loss(model, batch) inside DDP's / FSDP's forward
                 (out.loss_sum * (w * world) / total_units).backward()  # every rank runs every backward: the sync is collective
             if not w:
                 continue
