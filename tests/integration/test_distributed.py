@@ -99,6 +99,7 @@ CASES = [
     ("sft", "fsdp"),
     ("grpo", "fsdp"),  # generation and reference passes with the full parameters gathered
     ("grpo-lora", "ddp"),  # the reference is the adapter-disabled base: one copy of the base weights per rank
+    ("grpo-lora", "fsdp"),  # best/ and final/ merge the adapter from the gathered weights, without copying the model
 ]
 
 

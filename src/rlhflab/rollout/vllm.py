@@ -34,19 +34,18 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from rlhflab.errors import UserError
+from rlhflab.models.save import merged_weights
 from rlhflab.rollout.base import Completion, SamplingParams
 from rlhflab.rollout.hf import _M64, _mix64
 
 INSTALL_HINT = "install it with pip install 'rlhflab[vllm]' on a CUDA machine (docs/vllm.md), or use generation.backend: hf"
-PEFT_PREFIX = "base_model.model."
 
 
 def import_vllm() -> Any:
@@ -73,63 +72,6 @@ def request_seed(seed: int, prompt_id: int) -> int:
 
 
 # --------------------------------------------------------------------------- weights
-def hf_weight_name(name: str) -> str:
-    """A state-dict key of a plain or peft model as its Hugging Face checkpoint name:
-    'base_model.model.model.layers.0.q_proj.base_layer.weight' -> 'model.layers.0.q_proj.weight'."""
-    if name.startswith(PEFT_PREFIX):
-        name = name[len(PEFT_PREFIX):]
-    return name.replace(".base_layer.", ".")
-
-
-def _lora_layers(model: nn.Module) -> dict[str, Any]:
-    """peft LoRA layers by their Hugging Face module name (empty for a plain model)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return {}
-    return {hf_weight_name(name + "."): m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-
-
-def _delta(layer: Any, module: str) -> Tensor | None:
-    """Sum of the active, unmerged adapters' W updates (scale * B @ A) of one LoRA layer."""
-    if getattr(layer, "disable_adapters", False):
-        return None
-    out = None
-    for name in layer.active_adapters:
-        if name in layer.merged_adapters or (name not in layer.lora_A and name not in getattr(layer, "lora_embedding_A", {})):
-            continue
-        if layer.use_dora.get(name) or getattr(layer, "lora_bias", {}).get(name) or getattr(layer, "lora_variant", {}).get(name):
-            raise UserError(f"{module}: DoRA, LoRA biases and other LoRA variants are not supported by the vLLM weight "
-                            "sync (plain LoRA only)")
-        d = layer.get_delta_weight(name)
-        out = d if out is None else out + d
-    return out
-
-
-def merged_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """(Hugging Face name, tensor) for every entry of `model`'s state dict, LoRA merged: for an
-    adapted module the base weight plus its active adapters' scale * B @ A, computed one module at
-    a time (the training model is not modified); LoRA's own A / B tensors are left out. An FSDP2
-    shard (DTensor) is gathered into the full tensor: a collective, so every rank of a sharded run
-    walks the same state dict in the same order (each syncs its own engine at the same point)."""
-    layers = _lora_layers(model)
-    for key, tensor in model.state_dict().items():
-        if ".lora_" in key:
-            continue
-        if ".modules_to_save." in key or ".original_module." in key:
-            raise UserError(f"{key}: peft modules_to_save are not supported by the vLLM weight sync")
-        name = hf_weight_name(key)
-        module, _, leaf = name.rpartition(".")
-        with torch.no_grad():
-            if leaf == "weight" and module + "." in layers:
-                delta = _delta(layers[module + "."], module)
-                if delta is not None:
-                    tensor = tensor + delta.to(tensor.dtype)
-            if hasattr(tensor, "full_tensor"):
-                tensor = tensor.full_tensor()
-        yield name, tensor.detach()
-
-
 def _load_into(model: nn.Module, weights: Any) -> list[str]:
     """Runs inside vLLM's worker: load `weights`, return the engine parameters left unloaded."""
     loaded = model.load_weights(weights)
