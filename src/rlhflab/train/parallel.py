@@ -9,7 +9,8 @@ parameter use inside the wrapper, gradients synchronized on the last micro-batch
 
 Work outside a training forward (generation, reference and old-policy passes, evaluation, saving)
 runs inside `engine.gathered()`: a no-op for DDP, where every rank holds the whole model; for FSDP
-the full parameters are gathered on every rank for its duration.
+the full parameters are gathered on every rank for its duration (models.save writes them from
+there, since FSDP's own state_dict() would hand back the shards).
 """
 
 from __future__ import annotations
@@ -123,22 +124,6 @@ class Engine:
             for m in self.fsdp_modules:
                 m.reshard()
                 m.set_reshard_after_forward(True, recurse=False)
-
-    def materialize(self) -> None:
-        """After the last step under FSDP: every parameter becomes a plain, full tensor on every rank
-        (a collective), so the model is saved exactly like an unsharded one (tied weights stay
-        tied). The engine does not train afterwards."""
-        if self.strategy != "fsdp":
-            return
-        full: dict[int, nn.Parameter] = {}
-        with torch.no_grad():
-            for module in self.model.modules():
-                for name, p in list(module._parameters.items()):  # noqa: SLF001
-                    if p is None or not hasattr(p, "full_tensor"):
-                        continue
-                    if id(p) not in full:
-                        full[id(p)] = nn.Parameter(p.full_tensor().detach().clone(), requires_grad=p.requires_grad)
-                    module._parameters[name] = full[id(p)]  # noqa: SLF001
 
     def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
         """The global gradient norm (before clipping), identical on every rank."""

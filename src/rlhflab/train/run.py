@@ -263,8 +263,7 @@ def _run(cfg: RunConfig, console: Console, stop_at: int | None, dist: Any, t_sta
     final_dir = None
     if state.step >= cfg.max_steps:
         final_dir = out / "final"
-        with dist.phase("checkpoint", state.step):
-            loop.engine.materialize()  # FSDP: the full weights on every rank
+        with dist.phase("checkpoint", state.step), loop.engine.gathered():  # FSDP: the full weights, as for best/
             if main:
                 algo.save_final(model, tokenizer, str(final_dir))
             dist.barrier()
