@@ -122,6 +122,19 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def build_trainer(trainer_cls: type, spec: dict, args: Any, dataset: Any, **kwargs: Any) -> tuple[Any, Any, float]:
+    """`trainer_cls` on spec["model"] with `args`, `dataset`, the model's tokenizer and a step timer
+    callback. Returns (trainer, timer, seconds the constructor took: model load, dataset preparation)."""
+    from transformers import AutoTokenizer, TrainerCallback
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    timer = step_timer_class(TrainerCallback)()
+    t = time.perf_counter()
+    trainer = trainer_cls(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
+                          callbacks=[timer], **kwargs)
+    return trainer, timer, time.perf_counter() - t
+
+
 def timed_subclass(base: type, names: tuple[str, ...], on_result: Callable[[str, Any, Any], None] | None = None):
     """(subclass of `base` whose methods `names` are timed, {name: [seconds per call]}).
     `on_result(name, self, output)` sees each call's output (for lengths, rewards...)."""

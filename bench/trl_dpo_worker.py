@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from trl_common import (BASE_SETTINGS, common_args, compare_ids, load_spec, read_rows, settings_of, step_timer_class,
+from trl_common import (BASE_SETTINGS, build_trainer, common_args, compare_ids, load_spec, read_rows, settings_of,
                         timed_subclass, train_and_report)
 
 
@@ -35,7 +35,6 @@ def conversational(row: dict) -> dict:
 def main() -> None:
     spec = load_spec(sys.argv)
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
     from trl.trainer import dpo_trainer as dpo_module
 
@@ -52,14 +51,9 @@ def main() -> None:
     dpo_module.hash_module = timed_hash
 
     dataset = Dataset.from_list([conversational(r) for r in read_rows(spec["data"])])
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     args = DPOConfig(beta=float(spec["beta"]), loss_type=["sigmoid"], max_length=int(spec["max_length"]),
                      **common_args(spec))
-    timer = step_timer_class(TrainerCallback)()
-    t = time.perf_counter()
-    trainer = TimedDPOTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
-                              callbacks=[timer])
-    init_s = time.perf_counter() - t
+    trainer, timer, init_s = build_trainer(TimedDPOTrainer, spec, args, dataset)
     ds = trainer.train_dataset
     prompt, chosen, rejected = ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]
     got = [list(p) + list(c) for p, pair in zip(prompt, zip(chosen, rejected)) for c in pair]

@@ -26,9 +26,8 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import sys
-import time
 
-from trl_common import (BASE_SETTINGS, common_args, load_spec, read_rows, settings_of, step_timer_class, timed_subclass,
+from trl_common import (BASE_SETTINGS, build_trainer, common_args, load_spec, read_rows, settings_of, timed_subclass,
                         train_and_report)
 
 TIMED = ("_generate_single_turn", "_generate", "_calculate_rewards", "_generate_and_score_completions")
@@ -56,7 +55,6 @@ def lora_config(spec: dict):
 def main() -> None:
     spec = load_spec(sys.argv)
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     peft_config = lora_config(spec)
@@ -74,7 +72,6 @@ def main() -> None:
     TimedGRPOTrainer, times = timed_subclass(GRPOTrainer, TIMED, seen)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
                                  for r in read_rows(spec["data"])])
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     per_step = int(spec["prompts_per_step"]) * int(spec["num_generations"])
     args = GRPOConfig(
         num_generations=int(spec["num_generations"]), max_completion_length=int(spec["max_new_tokens"]),
@@ -87,12 +84,8 @@ def main() -> None:
         "use_vllm", "beta", "num_iterations", "loss_type", "scale_rewards", "epsilon", "generation_batch_size",
         "steps_per_generation", "num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
         "repetition_penalty", "cache_implementation", "disable_dropout"))
-    timer = step_timer_class(TrainerCallback)()
-    t = time.perf_counter()
-    trainer = TimedGRPOTrainer(model=spec["model"], reward_funcs=load_reward(spec["reward_module"]), args=args,
-                               train_dataset=dataset, processing_class=tokenizer, callbacks=[timer],
-                               peft_config=peft_config)
-    init_s = time.perf_counter() - t
+    trainer, timer, init_s = build_trainer(TimedGRPOTrainer, spec, args, dataset,
+                                           reward_funcs=load_reward(spec["reward_module"]), peft_config=peft_config)
     settings["eos_token_ids"] = list(trainer.eos_token_ids)
     settings["generation_config"] = {k: v for k, v in trainer.generation_config.to_diff_dict().items()
                                      if not k.startswith("_")}

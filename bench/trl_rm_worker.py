@@ -17,35 +17,28 @@ Measured: on_step_begin -> on_step_end of every optimizer step, the losses, the 
 from __future__ import annotations
 
 import sys
-import time
 
-from trl_common import (BASE_SETTINGS, common_args, compare_ids, load_spec, read_rows, settings_of, step_timer_class,
+from trl_common import (BASE_SETTINGS, build_trainer, common_args, compare_ids, load_spec, read_rows, settings_of,
                         train_and_report)
 
 
 def main() -> None:
     spec = load_spec(sys.argv)
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
     rows = read_rows(spec["data"])
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                                   "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                   "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     args = RewardConfig(max_length=int(spec["max_length"]), **common_args(spec))
-    timer = step_timer_class(TrainerCallback)()
-    t = time.perf_counter()
-    trainer = RewardTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
-                            callbacks=[timer])
-    init_s = time.perf_counter() - t
+    trainer, timer, init_s = build_trainer(RewardTrainer, spec, args, dataset)
     ds = trainer.train_dataset
     chosen, rejected = ds["chosen_ids"], ds["rejected_ids"]
     got = [x for pair in zip(chosen, rejected) for x in pair]  # chosen, rejected, chosen, ... as expected_ids
     extra = {"ids_vs_rlhflab": compare_ids(spec, got), "train_rows": len(ds),
              "tokens": {"seq_mean": sum(map(len, got)) / len(got)},
-             "pad_token_id": tokenizer.pad_token_id}
+             "pad_token_id": trainer.processing_class.pad_token_id}
     settings = settings_of(args, BASE_SETTINGS + ("max_length", "center_rewards_coefficient", "disable_dropout",
                                                   "pad_to_multiple_of"))
     train_and_report(spec, trainer, timer, init_s, settings, extra)

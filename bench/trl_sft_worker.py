@@ -15,28 +15,21 @@ optimizer; the data loader's fetch and the logging fall outside), the losses, th
 from __future__ import annotations
 
 import sys
-import time
 
-from trl_common import (BASE_SETTINGS, common_args, compare_ids, load_spec, read_rows, settings_of, step_timer_class,
+from trl_common import (BASE_SETTINGS, build_trainer, common_args, compare_ids, load_spec, read_rows, settings_of,
                         train_and_report)
 
 
 def main() -> None:
     spec = load_spec(sys.argv)
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     rows = read_rows(spec["data"])
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                                   "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows])
-    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     args = SFTConfig(max_length=int(spec["max_length"]), **common_args(spec))
-    timer = step_timer_class(TrainerCallback)()
-    t = time.perf_counter()
-    trainer = SFTTrainer(model=spec["model"], args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[timer])
-    init_s = time.perf_counter() - t
+    trainer, timer, init_s = build_trainer(SFTTrainer, spec, args, dataset)
     ds = trainer.train_dataset
     ids, labels = ds["input_ids"], ds["labels"]
     extra = {"ids_vs_rlhflab": compare_ids(spec, ids),
