@@ -140,21 +140,19 @@ class _Unpaired(Algorithm):
         return StepOutput(loss.sum(), {k: v.detach().sum() for k, v in metrics.items()})
 
     def evaluate(self, model: nn.Module, items: list[Any], micro_batch_size: int) -> dict[str, float]:
-        from rlhflab.train.distributed import SINGLE
-
         device = next(model.parameters()).device
         sums: dict[str, float] = {}
-        dist, self.dist = self.dist, SINGLE  # every rank evaluates the whole eval set on its own
-        try:
-            for k in range(0, len(items), micro_batch_size):
-                batch = self.collate(items[k:k + micro_batch_size]).to(device)
-                self.begin_step(model, [batch])
-                loss, metrics = self.per_example(model, batch)
-                for name, v in {"loss": loss, **metrics}.items():
-                    sums[name] = sums.get(name, 0.0) + float(v.sum())
-        finally:
-            self.dist = dist
+        for k in range(0, len(items), micro_batch_size):
+            batch = self.collate(items[k:k + micro_batch_size]).to(device)
+            self.begin_eval_batch(model, batch)
+            loss, metrics = self.per_example(model, batch)
+            for name, v in {"loss": loss, **metrics}.items():
+                sums[name] = sums.get(name, 0.0) + float(v.sum())
         return {name: v / len(items) for name, v in sums.items()}
+
+    def begin_eval_batch(self, model: nn.Module, batch: UnpairedBatch) -> None:
+        """What `begin_step` does before a training step, for one eval micro-batch on this rank alone
+        (every rank evaluates the whole eval set)."""
 
     def summary_extra(self) -> dict[str, Any]:
         return dict(self.extra)
@@ -191,11 +189,19 @@ class KTO(_Unpaired):
         super().before_training(model, items, eval_items, ctx)
 
     def begin_step(self, model: nn.Module, batches: list[Any]) -> None:
+        self.z0 = self._reference_point(model, batches, self.dist)
+
+    def begin_eval_batch(self, model: nn.Module, batch: UnpairedBatch) -> None:
+        from rlhflab.train.distributed import SINGLE
+
+        self.z0 = self._reference_point(model, [batch], SINGLE)
+
+    def _reference_point(self, model: nn.Module, batches: list[Any], d: Any) -> Tensor:
+        """z0 over the step's micro-batches of every rank of `d` (this rank holds `batches`)."""
         from rlhflab.data import collate_lm
         from rlhflab.models.logps import sequence_logps
 
         per_batch = [_rows(b.seqs) for b in batches]
-        d = self.dist
         if d.enabled:  # the step's micro-batches in global order (rank r holds r, r + W, ...)
             parts = d.all_gather_object(per_batch)
             per_batch = [parts[k % d.world_size][k // d.world_size] for k in range(sum(len(p) for p in parts))]
@@ -211,7 +217,7 @@ class KTO(_Unpaired):
         if d.enabled:
             total, count = d.sum_floats([float(cat.sum()), cat.numel()])
             cat = torch.tensor([total / count])  # the mean over every rank's pairs
-        self.z0 = L.kto_reference_point(cat, torch.zeros_like(cat))
+        return L.kto_reference_point(cat, torch.zeros_like(cat))
 
     def per_example(self, model: nn.Module, batch: UnpairedBatch) -> tuple[Tensor, dict[str, Tensor]]:
         logp, ref, _ = self.logps(model, batch)
