@@ -91,6 +91,11 @@ class Source:
 # --------------------------------------------------------------------------- reading inputs
 
 
+HEADER_LIMIT = 100_000_000
+"""The longest header the safetensors format allows (the library refuses longer ones): a corrupt
+length is refused before that many bytes are read."""
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Tensor names, dtypes, shapes and sizes of a safetensors file, and its metadata, read from
     the JSON header alone (format: 8-byte little-endian header length, JSON header, data)."""
@@ -98,7 +103,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         size = path.stat().st_size
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
-            if size < 8 or not 2 <= n <= size - 8:
+            if size < 8 or not 2 <= n <= min(size - 8, HEADER_LIMIT):
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
         meta = header.pop("__metadata__", None) or {}

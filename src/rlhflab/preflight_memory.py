@@ -30,10 +30,8 @@ Peak = what is held all run + the larger of the training pass and the generation
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,6 @@ from typing import Any
 from rlhflab.errors import ConfigError
 
 GIB = 1024 ** 3
-_HEADER_LIMIT = 100 * 1024 * 1024
 _NOT_LINEAR = re.compile(r"(^|\.)(lm_head|embed_tokens|embed_out|wte|wpe|score|classifier)$")
 """2-D weights peft's `all-linear` leaves out: embeddings and the output layer / scalar head."""
 _LAYER = re.compile(r"\.(layers|h|blocks)\.\d+\.")
@@ -80,19 +77,13 @@ class ModelShape:
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in a safetensors file, read from its header only."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ConfigError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _HEADER_LIMIT:
-            raise ConfigError(f"{path}: not a safetensors file (header length {n} bytes)")
-        raw = f.read(n)
+    from rlhflab.merge import MergeError, read_header
+
     try:
-        table = json.loads(raw)
-        return {k: tuple(int(d) for d in v["shape"]) for k, v in table.items() if k != "__metadata__"}
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        raise ConfigError(f"{path}: the safetensors header is not a valid tensor table") from None
+        tensors, _ = read_header(path)
+    except MergeError as e:
+        raise ConfigError(f"{path}: the safetensors header is not a valid tensor table ({e})") from None
+    return {name: info.shape for name, info in tensors.items()}
 
 
 def weight_files(folder: Path) -> list[Path]:
