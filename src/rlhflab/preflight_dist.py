@@ -31,9 +31,9 @@ def join(cfg: Any) -> tuple[Any, list[Check], float]:
     t0 = time.perf_counter()
     try:
         if cfg is not None:
-            from rlhflab.train.run import _join
+            from rlhflab.train.run import join_process_group
 
-            ctx = _join(cfg)
+            ctx = join_process_group(cfg)
         else:
             ctx = init_distributed()
     except (UserError, RuntimeError) as e:  # CollectiveTimeout is a RuntimeError

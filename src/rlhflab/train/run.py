@@ -150,7 +150,7 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         return run_self_rewarding(cfg, console)
     t_start = time.perf_counter()
     v = validate_inputs(cfg, console)
-    dist = _join(cfg)  # every input is valid on this rank: join the others (docs/distributed.md)
+    dist = join_process_group(cfg)  # every input is valid on this rank: join the others (docs/distributed.md)
     try:
         return _run(cfg, console if dist.is_main else Console(stderr=True, quiet=True), stop_at, dist, t_start, v)
     finally:
@@ -159,7 +159,9 @@ def run(cfg: RunConfig, console: Console | None = None, stop_at: int | None = No
         shutdown(dist)
 
 
-def _join(cfg: RunConfig) -> Any:
+def join_process_group(cfg: RunConfig) -> Any:
+    """This rank's DistContext: the launcher's process group with the config's backend and timeouts, or
+    the single process (also what `rlhflab preflight` joins)."""
     from rlhflab.train.distributed import init_distributed, launched_world_size
 
     if launched_world_size() == 1:
